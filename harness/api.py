@@ -1,0 +1,53 @@
+"""`harness.attention(...)`: run any registered attention implementation on (b, s, h, d) tensors."""
+
+from __future__ import annotations
+
+import torch
+
+from harness.case import Case
+from harness.errors import Unavailable
+from harness.registry import REGISTRY
+
+
+def case_of(q_bshd: torch.Tensor, *, causal: bool, block_size: int | None) -> Case:
+    batch, seq_len, num_heads, head_dim = q_bshd.shape
+    dtype = str(q_bshd.dtype).removeprefix("torch.")
+    return Case(batch=batch, seq_len=seq_len, num_heads=num_heads, head_dim=head_dim,
+                dtype=dtype, causal=causal, block_size=block_size)  # type: ignore[arg-type]  # fmt: skip
+
+
+def attention(
+    name: str,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    block_size: int | None = None,
+) -> torch.Tensor:
+    """Attention by implementation `name`; raises `Unavailable` (with the reason) if it cannot run.
+
+    q, k, v: (batch, seq, heads, head_dim) with equal shapes; the output has the same layout.
+    Gradients flow through for implementations with `supports_backward`.
+    """
+    impl = REGISTRY.get(name)
+    if impl.workload != "attention":
+        raise Unavailable(name, f"serves the {impl.workload!r} workload, not attention")
+    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(
+            f"q, k, v must share the shape (batch, seq, heads, head_dim); got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    availability = impl.available(q.device.type)
+    if not availability.ok:
+        raise Unavailable(name, availability.reason)
+    reasons = impl.unsupported(case_of(q, causal=causal, block_size=block_size), q.device.type)
+    if reasons:
+        raise Unavailable(name, "; ".join(reasons))
+    if impl.needs_process_group:
+        raise Unavailable(name, "needs a process group; use harness.ring_attention")
+    if impl.layout == "bhsd":
+        out = impl.forward(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                           causal=causal, block_size=block_size)  # fmt: skip
+        return out.transpose(1, 2)
+    return impl.forward(q, k, v, causal=causal, block_size=block_size)

@@ -1,0 +1,36 @@
+"""FLOP counts (ANCHORS.md conventions).
+
+Attention forward: 4·B·H·Sq·Sk·D for full attention (two matmuls of 2·Sq·Sk·D each). Causal counts
+the exact number of attended (query, key) pairs, S·(S+1)/2 per head for Sq == Sk (the headline
+convention of FlashAttention papers halves instead; the difference is one diagonal).
+Backward = 2.5 × forward; fwd_bwd = 3.5 × forward.
+"""
+
+from __future__ import annotations
+
+from harness.case import Case
+
+PHASE_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5}
+
+
+def attended_pairs(seq_len: int, causal: bool) -> int:
+    return seq_len * (seq_len + 1) // 2 if causal else seq_len * seq_len
+
+
+def attention_fwd_flops(case: Case) -> float:
+    return 4.0 * case.batch * case.num_heads * attended_pairs(case.seq_len, case.causal) * (
+        case.head_dim
+    )
+
+
+def layer_fwd_flops(case: Case) -> float:
+    """Attention core plus the dense matmuls of a pre-LN layer: QKV + out proj (4h²) and FFN."""
+    assert case.hidden is not None
+    tokens = case.batch * case.seq_len
+    dense = 2.0 * tokens * (4 * case.hidden**2 + 2 * case.ffn_expansion * case.hidden**2)
+    return dense + attention_fwd_flops(case)
+
+
+def case_flops(case: Case, phase: str) -> float:
+    base = layer_fwd_flops(case) if case.workload == "layer" else attention_fwd_flops(case)
+    return base * PHASE_FACTOR[phase]

@@ -1,0 +1,1 @@
+"""Measurement: time samples, peak memory, numerical error. Knows nothing of implementations."""

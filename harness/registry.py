@@ -1,0 +1,123 @@
+"""The pluggable registry of implementations.
+
+Built-ins register from `implementations/__init__.py` (an explicit table of contents); third-party
+packages register through the entry-point group `harness.implementations`, whose objects are an
+`Impl`, an iterable of `Impl`, or a zero-argument callable returning either.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Literal
+
+from harness.errors import HarnessError, UnknownImplementation
+
+Layout = Literal["bshd", "bhsd"]
+Workload = Literal["attention", "layer"]
+ENTRY_POINT_GROUP = "harness.implementations"
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether an implementation can run on a device here, and if not, one sentence why."""
+
+    ok: bool
+    reason: str = ""
+
+    @classmethod
+    def yes(cls) -> Availability:
+        return cls(True, "")
+
+    @classmethod
+    def no(cls, reason: str) -> Availability:
+        return cls(False, reason)
+
+
+def _always(device: str) -> Availability:
+    return Availability.yes()
+
+
+def _no_limits(case: Any, device: str) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One registry entry.
+
+    `forward` takes tensors in `layout` and returns the output in the same layout:
+    attention: forward(q, k, v, *, causal, block_size) -> out;
+    layer:     forward(x, params, *, causal, block_size, num_heads) -> y.
+    `available(device)` answers for a device type ("cpu" or "cuda"); `unsupported(case, device)` lists
+    the reasons a given case cannot run (dtype, head_dim, divisibility), empty when it can.
+    """
+
+    name: str
+    label: str
+    forward: Callable[..., Any]
+    layout: Layout = "bshd"
+    workload: Workload = "attention"
+    needs_process_group: bool = False
+    supports_backward: bool = True
+    available: Callable[[str], Availability] = _always
+    unsupported: Callable[[Any, str], list[str]] = _no_limits
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Registry:
+    """Name → Impl, filled lazily on first use (built-ins, then entry points)."""
+
+    def __init__(self) -> None:
+        self._impls: dict[str, Impl] = {}
+        self._loaded = False
+        self.plugin_errors: dict[str, str] = {}
+
+    def register(self, impl: Impl) -> Impl:
+        if impl.name in self._impls and self._impls[impl.name] is not impl:
+            raise HarnessError(f"implementation {impl.name!r} is registered twice")
+        self._impls[impl.name] = impl
+        return impl
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        importlib.import_module("implementations")
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                for impl in _as_impls(ep.load()):
+                    self.register(impl)
+            except Exception as exc:  # a broken plugin must not break the harness
+                self.plugin_errors[ep.name] = f"{type(exc).__name__}: {exc}"
+
+    def get(self, name: str) -> Impl:
+        self._load()
+        if name not in self._impls:
+            raise UnknownImplementation(name, list(self._impls))
+        return self._impls[name]
+
+    def names(self, workload: Workload | None = None) -> list[str]:
+        self._load()
+        return [n for n, i in self._impls.items() if workload is None or i.workload == workload]
+
+    def all(self) -> list[Impl]:
+        self._load()
+        return list(self._impls.values())
+
+
+def _as_impls(obj: Any) -> Iterable[Impl]:
+    if isinstance(obj, Impl):
+        return [obj]
+    if callable(obj) and not isinstance(obj, Iterable):
+        return _as_impls(obj())
+    impls = list(obj)
+    if not all(isinstance(i, Impl) for i in impls):
+        raise HarnessError("an entry point must give an Impl or an iterable of Impl")
+    return impls
+
+
+REGISTRY = Registry()
+register = REGISTRY.register

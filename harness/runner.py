@@ -1,0 +1,193 @@
+"""Runs a suite: expands it into tasks and feeds them to a worker process, one at a time.
+
+The worker lives across tasks (importing torch costs seconds) and is replaced whenever a task
+kills it (segfault, abort) or outlives the case timeout, so the sweep always goes on. The worker is
+spawned with glibc settings that make CPU peak-memory readings track live tensors.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.errors import SuiteError
+from harness.measure.memory import MALLOC_ENV
+from harness.results import RunDir
+from harness.suite import Suite
+from harness.worker import Task, base_row, worker_main
+
+_START_TIMEOUT_S = 180.0
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise SuiteError("device: 'cuda' was asked for but torch sees no CUDA device; "
+                         "allowed here: auto, cpu")  # fmt: skip
+    return requested
+
+
+def plan(suite: Suite, device: str, *, impls: Iterable[str] | None = None,
+         case_filter: str | None = None) -> list[Task]:  # fmt: skip
+    """Every (case, implementation, phase) task of the suite, in a deterministic order."""
+    chosen = list(impls) if impls else list(suite.implementations)
+    for name in chosen:
+        if name not in suite.implementations:
+            raise SuiteError(f"--impl: {name!r} is not in the suite; allowed: "
+                             f"{', '.join(suite.implementations)}")  # fmt: skip
+    timing, accuracy = suite.timing.model_dump(), suite.accuracy.model_dump()
+    tasks = []
+    for case in suite.cases():
+        if case_filter and case_filter not in case.name:
+            continue
+        for impl in chosen:
+            limit = suite.limits.max_seq_len.get(impl)
+            skip = (f"seq_len {case.seq_len} is above the suite's limit {limit} for {impl}"
+                    if limit and case.seq_len > limit else None)  # fmt: skip
+            for phase in suite.sweep.phase:
+                tasks.append(Task(case=case, impl=impl, phase=phase, device=device,
+                                  seed=suite.seed, timing=timing, accuracy=accuracy,
+                                  skip_reason=skip))  # fmt: skip
+    return tasks
+
+
+@contextmanager
+def _worker_env():
+    saved = {k: os.environ.get(k) for k in MALLOC_ENV}
+    os.environ.update(MALLOC_ENV)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@dataclass
+class _Worker:
+    process: Any
+    conn: Any
+
+
+class WorkerPool:
+    """One live worker at a time, restarted after a crash or a timeout."""
+
+    def __init__(self, device: str, memory_budget_bytes: int | None, threads: int | None):
+        self.device = device
+        self.memory_budget_bytes = memory_budget_bytes
+        self.threads = threads
+        self._ctx = mp.get_context("spawn")
+        self._worker: _Worker | None = None
+
+    def _start(self) -> _Worker:
+        parent, child = self._ctx.Pipe()
+        with _worker_env():
+            proc = self._ctx.Process(
+                target=worker_main, args=(child, self.device, self.memory_budget_bytes,
+                                          self.threads), daemon=True,
+            )  # fmt: skip
+            proc.start()
+        child.close()
+        if not parent.poll(_START_TIMEOUT_S):
+            proc.kill()
+            raise RuntimeError("the worker process did not start")
+        parent.recv()
+        return _Worker(proc, parent)
+
+    def run(self, task: Task, timeout_s: float) -> dict[str, Any]:
+        if self._worker is None or not self._worker.process.is_alive():
+            self._worker = self._start()
+        worker = self._worker
+        worker.conn.send(task)
+        try:
+            ready = worker.conn.poll(timeout_s)
+            if ready:
+                kind, row = worker.conn.recv()
+                return row
+        except (EOFError, ConnectionError, OSError):
+            pass
+        row = base_row(task)
+        worker.process.join(timeout=1.0)
+        if worker.process.is_alive():
+            self._kill()
+            row.update(status="timeout", reason=f"no result within the case timeout {timeout_s}s;"
+                                                " worker killed")  # fmt: skip
+        else:
+            code = worker.process.exitcode
+            how = (f"signal {signal.Signals(-code).name}" if code is not None and code < 0
+                   else f"exit code {code}")  # fmt: skip
+            row.update(status="error", reason=f"worker process died ({how})")
+            self._worker = None
+        return row
+
+    def _kill(self) -> None:
+        if self._worker is not None:
+            self._worker.process.kill()
+            self._worker.process.join(timeout=5)
+            self._worker.conn.close()
+            self._worker = None
+
+    def close(self) -> None:
+        if self._worker is not None and self._worker.process.is_alive():
+            try:
+                self._worker.conn.send(None)
+                self._worker.process.join(timeout=5)
+            except (BrokenPipeError, OSError):
+                pass
+        self._kill()
+
+
+ProgressFn = Callable[[int, int, Task, dict[str, Any] | None], None]
+
+
+def run_tasks(suite: Suite, tasks: list[Task], run: RunDir, *,
+              progress: ProgressFn | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Run the tasks not yet in `run` (so the same call resumes a killed run)."""
+    done = run.done_keys()
+    todo = [t for t in tasks if t.key not in done]
+    budget = suite.limits.memory_budget_gb
+    pool = WorkerPool(
+        device=tasks[0].device if tasks else "cpu",
+        memory_budget_bytes=int(budget * (1 << 30)) if budget else None,
+        threads=suite.threads,
+    )
+    run_id = run.meta().get("run_id")
+    rows = []
+    try:
+        for i, task in enumerate(todo):
+            if progress:
+                progress(i, len(todo), task, None)
+            started = time.perf_counter()
+            row = pool.run(task, suite.limits.case_timeout_s)
+            row.setdefault("elapsed_s", time.perf_counter() - started)
+            row["run_id"] = run_id
+            run.append(row)
+            rows.append(row)
+            if progress:
+                progress(i + 1, len(todo), task, row)
+    finally:
+        pool.close()
+    return rows
+
+
+def default_run_dir(root: Path, suite_name: str) -> tuple[str, Path]:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    run_id = f"{stamp}-{suite_name}"
+    path = root / run_id
+    n = 1
+    while path.exists():
+        n += 1
+        path = root / f"{run_id}-{n}"
+    return path.name, path

@@ -1,0 +1,6 @@
+"""Built-in implementations: this file is the table of contents; importing a module registers it.
+
+Third-party implementations register through the entry-point group `harness.implementations`.
+"""
+
+from implementations import chunked, naive, sdpa  # noqa: F401
