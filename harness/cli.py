@@ -1,4 +1,4 @@
-"""Command line: `harness run | list | show` (and `python -m harness ...`).
+"""Command line: `harness run | list | show | report` (and `python -m harness ...`).
 
 User errors print one line to stderr and exit 2; nothing is written before a suite validates.
 """
@@ -122,8 +122,33 @@ def _maybe_report(path: Path) -> None:
         from harness.report import write_report
     except ImportError:
         return  # the report module arrives with the report issue
-    target = write_report([path], path / "report.html")
+    try:
+        target = write_report([path], path / "report.html")
+    except Exception as exc:  # the rows are safe on disk; a report bug must not fail the run
+        err.print(f"report failed ({type(exc).__name__}: {exc}); rerun: harness report {path}",
+                  highlight=False, markup=False)  # fmt: skip
+        return
     err.print(f"report: {target}", highlight=False, markup=False)
+
+
+@app.command()
+def report(
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR...", help="run directories"),
+    out_path: Path = typer.Option(Path("report.html"), "-o", "--out", help="HTML file to write"),
+    baseline: Path = typer.Option(None, "--baseline", help="a run to compare against"),
+    static: str = typer.Option(None, "--static", help="also export every figure: png or svg"),
+) -> None:
+    """A self-contained, offline HTML report of one or more runs (plotly.js inside the file)."""
+    from harness.report import write_report
+    from harness.report.static import FORMATS
+
+    if static is not None and static not in FORMATS:
+        _fail(f"--static: unknown format {static!r}; valid: {', '.join(FORMATS)}")
+    try:
+        target = write_report(run_dirs, out_path, baseline=baseline, static=static)
+    except HarnessError as exc:
+        _fail(str(exc))
+    out.print(str(target), highlight=False)
 
 
 @app.command()

@@ -108,6 +108,6 @@ def load_rows(path: str | Path):
 
     run = RunDir.open(path)
     frame = pd.DataFrame.from_records(run.rows())
-    if not frame.empty:
+    if not frame.empty and "run_id" not in frame.columns:  # rows written by the runner carry it
         frame.insert(0, "run_id", run.meta().get("run_id"))
     return frame

@@ -1,0 +1,59 @@
+"""HTML reports of runs: `write_report(run_dirs, out_path)` → one self-contained, offline page.
+
+Pipeline: run dirs → `data.load_report_data` (pandas) → section builders (pure functions of the
+frames, listed in `sections.SECTIONS`; add one with `register_section`) → `page.render_page`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.report import accuracy, blocks, comparison, memory, scaling, throughput
+from harness.report.data import ReportData, load_report_data
+from harness.report.header import header_html
+from harness.report.page import render_page
+from harness.report.sections import SECTIONS, Section, build_sections, register_section
+from harness.report.table import table_payload
+
+for _key, _module in (
+    ("throughput", throughput),
+    ("memory", memory),
+    ("accuracy", accuracy),
+    ("block_size", blocks),
+    ("scaling", scaling),
+    ("comparison", comparison),
+):
+    register_section(_key, _module.build)
+
+__all__ = ["SECTIONS", "ReportData", "Section", "register_section", "render_report",
+           "write_report"]  # fmt: skip
+
+
+def render_report(data: ReportData) -> tuple[str, list[Section]]:
+    sections = build_sections(data)
+    ids = [str(m.get("run_id", "?")) for m in data.metas]
+    title = "Attention harness report: " + (", ".join(ids) if ids else "no runs")
+    return render_page(title, header_html(data), sections, table_payload(data.rows)), sections
+
+
+def write_report(
+    run_dirs: list[Path], out_path: Path, *, baseline: Path | None = None,
+    static: str | None = None,
+) -> Path:  # fmt: skip
+    """Write the report of `run_dirs` (optionally against `baseline`) to `out_path`.
+
+    With `static` ("png" or "svg"), every figure is also exported beside it, under
+    `<out_path stem>-figures/`.
+    """
+    data = load_report_data([Path(p) for p in run_dirs], baseline=baseline)
+    text, sections = render_report(data)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_suffix(out_path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out_path)
+    if static:
+        from harness.report.static import export_static
+
+        export_static(sections, out_path.parent / f"{out_path.stem}-figures", static)
+    return out_path

@@ -1,0 +1,81 @@
+"""Block-size trade-off of blockwise implementations: time and peak memory vs block size.
+
+Small blocks bound memory; large blocks feed the matmul units better. One line per implementation ×
+sequence length; the other axes that vary become a slice selector.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from harness.report import models
+from harness.report.common import (
+    FigureSpec,
+    case_text,
+    floats,
+    grouped,
+    impl_colors,
+    line_styles,
+    slice_options,
+    template,
+    with_lines_and_slices,
+)  # fmt: skip
+from harness.report.data import ReportData
+from harness.report.sections import Section
+
+PANELS = (("time_ms_median", "time (ms)"), ("peak_mem_bytes", "peak memory"))
+
+
+def block_rows(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    sel = rows[(rows["status"] == "ok") & (rows["world_size"] == 1) & rows["block_size"].notna()]
+    sel = sel[sel["impl"].map(models.is_blockwise).astype(bool)]
+    if sel.empty:
+        return sel, []
+    sel, slice_axes = with_lines_and_slices(sel, ("block_size",), line_axes=("seq_len",))
+    counts = sel.groupby(["series", "slice"])["block_size"].transform("nunique")
+    return sel[counts >= 2], slice_axes
+
+
+def block_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
+    sel, slice_axes = block_rows(rows)
+    if sel.empty:
+        return None
+    styles = line_styles(sel, impl_colors(rows["impl"].tolist()))
+    spec = FigureSpec("Block-size trade-off", 440)
+    spec.grid([[label for _, label in PANELS]], xtitle="block size", hgap=0.08)
+    sel = sel.sort_values("block_size", kind="stable")
+    sel = sel.assign(text=case_text(sel))
+    columns = ["block_size", "phase", "text", *(m for m, _ in PANELS)]
+    for (name, slice_), g in grouped(sel, ["series", "slice"], columns):
+        style = styles[name]
+        for col, (metric, label) in enumerate(PANELS, start=1):
+            has = ~pd.isna(g[metric])
+            if not has.any():
+                continue
+            spec.add({
+                "x": g["block_size"][has].tolist(), "y": floats(g[metric][has]),
+                "mode": "lines+markers", "name": name, "legendgroup": name, "marker": {"size": 7},
+                "line": {"color": style["color"], "dash": style["dash"], "width": 2},
+                "text": g["text"][has].tolist(),
+                "hovertemplate": template(f"{name} · {g['phase'][0]}", [(label, "%{y:.4g}")]),
+                "meta": {"series": name, "metric": metric},
+            }, 1, col, controls={"slice": slice_}, legend_key=name)  # fmt: skip
+    sizes = sorted(sel["block_size"].unique().tolist())
+    spec.update_axes("x", tickvals=sizes, ticktext=[str(int(s)) for s in sizes])
+    spec.layout["yaxis2"].update(tickformat=".2s", ticksuffix="B")
+    spec.control("slice", " · ".join(slice_axes), slice_options(sel))
+    return spec.to_dict()
+
+
+def build(data: ReportData) -> Section | None:
+    fig = block_figure(data.rows)
+    if fig is None:
+        return None
+    return Section(
+        "block_size",
+        "Block size",
+        [fig],
+        "Time and peak memory of the blockwise implementations as the block size varies.",
+    )

@@ -1,0 +1,267 @@
+"""Shared figure vocabulary: figure specs on a facet grid, line names, colours, hover text.
+
+Figures are plain plotly JSON dicts (`{"data", "layout", "controls"}`), built without
+graph_objects validation so a 5,000-row run takes a second, not minutes. `controls` are the page's
+selectors (a metric switch, a slice of the axes that vary but are not plotted): every trace names
+its value for each control in `meta.controls`, and the page plots only the matching traces.
+
+Text handed to plotly is pseudo-HTML (plotly.js reads tags such as <b> and <br> in names and hover
+text), so every string that comes from results goes through `esc` first.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness.report.data import AXES
+
+PALETTE = (
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+    "#bcbd22", "#7f7f7f", "#393b79", "#ad494a",
+)  # fmt: skip
+DASHES = ("solid", "dot", "dash", "longdash", "dashdot", "longdashdot")
+FAIL_SYMBOL = {"oom": "x", "timeout": "diamond", "error": "circle-x"}
+FAIL_COLOR = {"oom": "#d62728", "timeout": "#ff7f0e", "error": "#7f7f7f"}
+AXIS_SHORT = {"batch": "b", "num_heads": "h", "head_dim": "d", "block_size": "bs", "hidden": "hid",
+              "world_size": "P", "seq_len": "S", "run_id": "run"}  # fmt: skip
+LINE_AXES = ("run_id",)  # told apart by separate lines; other unplotted axes become a slice control
+
+
+def esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def impl_colors(impls: list[str]) -> dict[str, str]:
+    """A stable colour per implementation: sorted names, so every figure agrees."""
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(sorted(set(impls)))}
+
+
+def varying(frame: pd.DataFrame, candidates: tuple[str, ...]) -> list[str]:
+    return [c for c in candidates if c in frame and frame[c].astype(str).nunique(dropna=False) > 1]
+
+
+def _axis_label(axis: str, values: pd.Series) -> pd.Series:
+    if axis == "causal":
+        return values.map(lambda v: "causal" if bool(v) else "full")
+    text = values.map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
+    return AXIS_SHORT.get(axis, axis) + "=" + text if axis not in ("dtype", "phase") else text
+
+
+def labels(frame: pd.DataFrame, axes: list[str]) -> pd.Series:
+    """' · '-joined readable values of `axes` per row ('' when there are none)."""
+    out = pd.Series("", index=frame.index, dtype=object)
+    for i, axis in enumerate(axes):
+        out = out + (" · " if i else "") + _axis_label(axis, frame[axis])
+    return out
+
+
+def with_lines_and_slices(
+    frame: pd.DataFrame, plotted: tuple[str, ...], line_axes: tuple[str, ...] = ()
+) -> tuple[pd.DataFrame, list[str]]:
+    """Add `series` (impl plus varying line axes) and `slice` (the other varying axes) columns.
+
+    Returns the frame and the slice axes (empty: no slice control needed).
+    """
+    rest = tuple(a for a in (*AXES, "run_id") if a not in plotted)
+    vary = varying(frame, rest)
+    line = [a for a in vary if a in (*LINE_AXES, *line_axes)]
+    slices = [a for a in vary if a not in line]
+    series = frame["impl"].astype(str)
+    if line:
+        series = series + " " + labels(frame, line)
+    return frame.assign(series=series, slice=labels(frame, slices)), slices
+
+
+def case_text(frame: pd.DataFrame) -> pd.Series:
+    """Per-point hover text: the case name, exactly (the join key), plus why a row failed.
+
+    Values come from the trace's `hovertemplate` (`template`), so the page stores each case name
+    once per point and nothing more.
+    """
+    text = frame["case"].map(esc).astype(object)
+    failed = frame["status"] != "ok"
+    if failed.any():
+        why = "<br>" + frame["status"].map(esc) + ": " + frame["reason"].map(_short_reason)
+        text = text + why.astype(object).where(failed, "")
+    return text
+
+
+def _short_reason(reason: Any) -> str:
+    return esc(str(reason)[:160])
+
+
+def template(first_line: str, values: list[tuple[str, str]]) -> str:
+    """A hovertemplate: the point's text, a line about the trace, then `label: %{field}` lines."""
+    body = "".join(f"<br>{esc(label)}: {field}" for label, field in values)
+    return "<b>%{text}</b><br>" + esc(first_line) + body + "<extra></extra>"
+
+
+def _num(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return esc(value)
+
+
+def floats(values: Any) -> list[float | None]:
+    """A JSON-ready list at 6 significant digits (plenty for a plot); NaN becomes None (a gap)."""
+    out: list[float | None] = []
+    for v in list(values):
+        v = None if v is None else float(v)
+        out.append(None if v is None or math.isnan(v) else float(f"{v:.6g}"))
+    return out
+
+
+def line_styles(frame: pd.DataFrame, colors: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Colour by implementation, dash by line variant, so lines of one kernel read as a family."""
+    styles: dict[str, dict[str, str]] = {}
+    seen: dict[str, int] = {}
+    for name, impl in sorted(set(zip(frame["series"], frame["impl"], strict=True))):
+        k = seen.get(impl, 0)
+        seen[impl] = k + 1
+        styles[name] = {"color": colors.get(impl, "#333"), "dash": DASHES[k % len(DASHES)]}
+    return styles
+
+
+@dataclass
+class FigureSpec:
+    """A plotly figure as JSON-ready dicts, with an optional facet grid and page controls."""
+
+    title: str
+    height: int
+    data: list[dict[str, Any]] = field(default_factory=list)
+    layout: dict[str, Any] = field(default_factory=dict)
+    controls: list[dict[str, Any]] = field(default_factory=list)
+    _legend: set[tuple[str, ...]] = field(default_factory=set)
+
+    def grid(self, titles: list[list[str]], *, xlog: bool = True, ylog: bool = True,
+             xtitle: str = "", ytitle: str = "", hgap: float = 0.05,
+             vgap: float = 0.13) -> None:  # fmt: skip
+        """Lay out len(titles) × len(titles[0]) panels; titles are already escaped."""
+        nrows, ncols = len(titles), len(titles[0])
+        width = (1 - hgap * (ncols - 1)) / ncols
+        height = (1 - vgap * (nrows - 1)) / nrows
+        notes = []
+        for r in range(nrows):
+            for c in range(ncols):
+                k = r * ncols + c + 1
+                x0 = c * (width + hgap)
+                y1 = 1 - r * (height + vgap)
+                suffix = "" if k == 1 else str(k)
+                self.layout[f"xaxis{suffix}"] = {
+                    "domain": [x0, x0 + width], "anchor": f"y{suffix}",
+                    "type": "log" if xlog else "linear",
+                    "title": {"text": xtitle if r == nrows - 1 else "", "standoff": 4},
+                }  # fmt: skip
+                self.layout[f"yaxis{suffix}"] = {
+                    "domain": [y1 - height, y1], "anchor": f"x{suffix}",
+                    "type": "log" if ylog else "linear",
+                    "title": {"text": ytitle if c == 0 else ""},
+                }  # fmt: skip
+                notes.append({"text": titles[r][c], "showarrow": False, "xref": "paper",
+                              "yref": "paper", "x": x0 + width / 2, "y": y1, "yanchor": "bottom",
+                              "xanchor": "center", "font": {"size": 12}})  # fmt: skip
+        self.layout["annotations"] = notes
+        self.layout["_ncols"] = ncols
+
+    def axes(self, row: int, col: int) -> tuple[str, str]:
+        k = (row - 1) * self.layout.get("_ncols", 1) + col
+        suffix = "" if k == 1 else str(k)
+        return f"x{suffix}", f"y{suffix}"
+
+    def update_axes(self, axis: str, **props: Any) -> None:
+        """Set props on every x or y axis ('x' / 'y') of the grid."""
+        for key, value in self.layout.items():
+            if key.startswith(f"{axis}axis") and isinstance(value, dict):
+                value.update(props)
+
+    def add(self, trace: dict[str, Any], row: int = 1, col: int = 1, *, role: str = "line",
+            controls: dict[str, str] | None = None,
+            legend_key: str | None = None) -> None:  # fmt: skip
+        """Add a trace to a panel; the legend shows `legend_key` once per control combination."""
+        controls = controls or {}
+        x, y = self.axes(row, col)
+        trace = {"type": "scatter", "xaxis": x, "yaxis": y, **trace}
+        trace["meta"] = {"role": role, "controls": controls, **trace.get("meta", {})}
+        if "name" in trace:  # legend entries are pseudo-HTML too
+            trace["name"] = esc(trace["name"])
+        if legend_key is not None:
+            key = (legend_key, *sorted(controls.items()))  # type: ignore[arg-type]
+            trace["showlegend"] = key not in self._legend
+            self._legend.add(key)  # type: ignore[arg-type]
+        self.data.append(trace)
+
+    def control(self, name: str, label: str, options: list[dict[str, Any]]) -> None:
+        if len(options) > 1:
+            self.controls.append({"name": name, "label": label, "options": options})
+
+    def to_dict(self) -> dict[str, Any]:
+        layout = {k: v for k, v in self.layout.items() if not k.startswith("_")}
+        layout.update({
+            "title": {"text": esc(self.title), "x": 0.01, "font": {"size": 16}},
+            "template": "plotly_white", "height": self.height,
+            "margin": {"l": 64, "r": 20, "t": 80, "b": 60},
+            "legend": {"orientation": "h", "y": -0.1, "x": 0, "yanchor": "top",
+                       "font": {"size": 11}},
+            "hoverlabel": {"font": {"size": 11}},
+            "font": {"family": "system-ui, sans-serif", "size": 12},
+        })  # fmt: skip
+        return {"data": self.data, "layout": layout, "controls": self.controls}
+
+
+def facet_titles(row_vals: list[Any], col_vals: list[tuple[Any, ...]], row_axis: str | None,
+                 col_axes: tuple[str, ...]) -> list[list[str]]:  # fmt: skip
+    out = []
+    for rv in row_vals:
+        line = []
+        for cv in col_vals:
+            parts = [
+                _axis_label(a, pd.Series([v])).iloc[0] for a, v in zip(col_axes, cv, strict=True)
+            ]
+            if row_axis:
+                parts.append(_axis_label(row_axis, pd.Series([rv])).iloc[0])
+            line.append(esc(" · ".join(parts)))
+        out.append(line)
+    return out
+
+
+def facet_values(frame: pd.DataFrame, row_axis: str | None,
+                 col_axes: tuple[str, ...]) -> tuple[list[Any], list[tuple[Any, ...]]]:  # fmt: skip
+    """The facet rows (values of `row_axis`) and columns (combinations of `col_axes`) with data."""
+    row_vals = sorted(frame[row_axis].dropna().unique().tolist(), key=str) if row_axis else [None]
+    col_vals = sorted({tuple(t) for t in frame[list(col_axes)].itertuples(index=False)}, key=str)
+    return row_vals, col_vals
+
+
+def grouped(frame: pd.DataFrame, keys: list[str],
+            columns: list[str]) -> list[tuple[tuple[Any, ...], dict[str, np.ndarray]]]:  # fmt: skip
+    """Groups of `frame` by `keys`, sorted, each as {column: array} in the frame's row order.
+
+    Plain numpy slices instead of per-group pandas frames: thousands of small groups stay fast.
+    """
+    arrays = {c: frame[c].to_numpy() for c in columns}
+    out = []
+    for key, idx in frame.groupby(keys, sort=False, dropna=False).indices.items():
+        key = key if isinstance(key, tuple) else (key,)
+        out.append((key, {c: a[idx] for c, a in arrays.items()}))
+    return sorted(out, key=lambda kv: tuple(str(k) for k in kv[0]))
+
+
+PHASE_ORDER = {"fwd": 0, "bwd": 1, "fwd_bwd": 2}
+
+
+def phase_options(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    phases = sorted(frame["phase"].unique().tolist(), key=lambda p: (PHASE_ORDER.get(p, 9), p))
+    return [{"value": p, "label": p} for p in phases]
+
+
+def slice_options(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    values = sorted(frame["slice"].unique().tolist())
+    return [{"value": v, "label": v} for v in values]

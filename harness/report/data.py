@@ -1,0 +1,90 @@
+"""The report's input: rows (and raw samples) of one or more run directories as pandas frames.
+
+Every column the figures read is guaranteed to exist (missing ones are filled with NaN), so a
+section builder never has to ask whether an older or partial run has a field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.results import RunDir, load_rows
+
+STATUSES: tuple[str, ...] = ("ok", "skipped", "unsupported", "oom", "timeout", "error")
+FAILED: tuple[str, ...] = ("oom", "timeout", "error")
+
+# Case axes in the order a reader thinks about them; the ones that vary name a line.
+AXES: tuple[str, ...] = (
+    "workload", "batch", "seq_len", "num_heads", "head_dim", "hidden", "block_size", "dtype",
+    "causal", "world_size", "layout",
+)  # fmt: skip
+
+COLUMNS: tuple[str, ...] = (
+    "run_id", "case", "impl", "label", "phase", "status", "reason", *AXES,
+    "time_ms_median", "time_ms_p20", "time_ms_p80", "num_samples", "flops", "tflops",
+    "tokens_per_s", "peak_mem_bytes", "peak_mem_above_inputs_bytes", "peak_mem_bytes_per_rank",
+    "input_bytes", "model_peak_mem_bytes", "err_rel_l2", "err_max_abs",
+    "err_naive_same_dtype_rel_l2",
+)  # fmt: skip
+
+
+@dataclass
+class ReportData:
+    """Rows of the runs (concatenated, `run_id` tells them apart), their samples and run.json."""
+
+    rows: pd.DataFrame
+    samples: pd.DataFrame
+    metas: list[dict[str, Any]]
+    baseline: pd.DataFrame | None = None
+    baseline_meta: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def normalize(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add any missing column and give the axes the types the figures expect."""
+    frame = frame.copy()
+    for col in COLUMNS:
+        if col not in frame.columns:
+            frame[col] = None
+    frame["status"] = frame["status"].fillna("error").astype(str)
+    frame["reason"] = frame["reason"].fillna("").astype(str)
+    frame["impl"] = frame["impl"].fillna("?").astype(str)
+    frame["phase"] = frame["phase"].fillna("fwd").astype(str)
+    frame["world_size"] = pd.to_numeric(frame["world_size"], errors="coerce").fillna(1).astype(int)
+    numeric = [c for c in COLUMNS if c.startswith(("time_", "err_", "peak_mem_b", "tflops"))]
+    for col in [*numeric, "tokens_per_s", "flops", "seq_len", "block_size", "num_samples",
+                "peak_mem_above_inputs_bytes", "input_bytes", "model_peak_mem_bytes"]:  # fmt: skip
+        if col != "peak_mem_bytes_per_rank":
+            frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    return frame
+
+
+def load_run(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    run = RunDir.open(path)
+    meta = run.meta()
+    rows = normalize(load_rows(path))
+    rows["run_id"] = meta.get("run_id") or Path(path).name
+    rows = rows.drop_duplicates(["case", "impl", "phase"], keep="last").reset_index(drop=True)
+    samples = pd.DataFrame.from_records(run.samples())
+    if not samples.empty:
+        samples["run_id"] = rows["run_id"].iloc[0] if len(rows) else meta.get("run_id")
+    return rows, samples, meta
+
+
+def load_report_data(run_dirs: list[Path], baseline: Path | None = None) -> ReportData:
+    loaded = [load_run(Path(p)) for p in run_dirs]
+    rows = (
+        pd.concat([r for r, _, _ in loaded], ignore_index=True)
+        if loaded
+        else normalize(pd.DataFrame())
+    )
+    samples = pd.concat([s for _, s, _ in loaded], ignore_index=True) if loaded else pd.DataFrame()
+    data = ReportData(rows=rows, samples=samples, metas=[m for _, _, m in loaded])
+    if baseline is not None:
+        base_rows, _, base_meta = load_run(Path(baseline))
+        data.baseline, data.baseline_meta = base_rows, base_meta
+    return data

@@ -1,0 +1,94 @@
+"""Device-count scaling (rows with world_size > 1): time, per-rank peak memory and efficiency vs P.
+
+Efficiency is strong scaling against the smallest P of the same line: t(P0)·P0 / (t(P)·P), 1.0 is
+perfect. Per-rank memory is the largest entry of `peak_mem_bytes_per_rank` when the row has it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from harness.report.common import (
+    FigureSpec,
+    case_text,
+    floats,
+    grouped,
+    impl_colors,
+    line_styles,
+    slice_options,
+    template,
+    with_lines_and_slices,
+)  # fmt: skip
+from harness.report.data import ReportData
+from harness.report.sections import Section
+
+PANELS = (("time_ms_median", "time (ms)"), ("rank_mem_bytes", "peak memory per rank"),
+          ("efficiency", "scaling efficiency"))  # fmt: skip
+
+
+def _max_rank(value: Any) -> float:
+    if isinstance(value, (list, tuple)) and value:
+        return float(max(value))
+    return float("nan")
+
+
+def scaling_rows(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Ok rows of every line that reaches world_size > 1, with per-rank memory and efficiency."""
+    ok = rows[(rows["status"] == "ok") & rows["time_ms_median"].notna()]
+    if ok.empty or not (ok["world_size"] > 1).any():
+        return ok.iloc[0:0], []
+    ok, slice_axes = with_lines_and_slices(ok, ("world_size",), line_axes=("seq_len",))
+    key = ok["series"] + "|" + ok["slice"]
+    ok = ok[key.map(ok.groupby(key)["world_size"].max()) > 1].copy()
+    key = ok["series"] + "|" + ok["slice"]
+    ok["rank_mem_bytes"] = ok["peak_mem_bytes_per_rank"].map(_max_rank).fillna(ok["peak_mem_bytes"])
+    first = ok.assign(key=key).sort_values("world_size").groupby("key").head(1).set_index("key")
+    p0, t0 = key.map(first["world_size"]), key.map(first["time_ms_median"])
+    ok["efficiency"] = (t0 * p0) / (ok["time_ms_median"] * ok["world_size"])
+    return ok, slice_axes
+
+
+def scaling_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
+    sel, slice_axes = scaling_rows(rows)
+    if sel.empty:
+        return None
+    styles = line_styles(sel, impl_colors(rows["impl"].tolist()))
+    spec = FigureSpec("Scaling with the number of devices", 440)
+    spec.grid([[label for _, label in PANELS]], xtitle="devices (P)", hgap=0.07)
+    sel = sel.sort_values("world_size", kind="stable")
+    sel = sel.assign(text=case_text(sel))
+    columns = ["world_size", "phase", "text", *(m for m, _ in PANELS)]
+    for (name, slice_), g in grouped(sel, ["series", "slice"], columns):
+        style = styles[name]
+        for col, (metric, label) in enumerate(PANELS, start=1):
+            has = ~pd.isna(g[metric])
+            if not has.any():
+                continue
+            spec.add({
+                "x": g["world_size"][has].tolist(), "y": floats(g[metric][has]),
+                "mode": "lines+markers", "name": name, "legendgroup": name, "marker": {"size": 7},
+                "line": {"color": style["color"], "dash": style["dash"], "width": 2},
+                "text": g["text"][has].tolist(),
+                "hovertemplate": template(f"{name} · {g['phase'][0]}", [(label, "%{y:.4g}")]),
+                "meta": {"series": name, "metric": metric},
+            }, 1, col, controls={"slice": slice_}, legend_key=name)  # fmt: skip
+    sizes = sorted(sel["world_size"].unique().tolist())
+    spec.add({"x": [sizes[0], sizes[-1]], "y": [1.0, 1.0], "mode": "lines", "name": "ideal",
+              "line": {"color": "#888", "dash": "dot", "width": 1}, "hoverinfo": "skip"},
+             1, 3, role="threshold", legend_key="ideal")  # fmt: skip
+    spec.update_axes("x", tickvals=sizes, ticktext=[str(s) for s in sizes])
+    spec.layout["yaxis2"].update(tickformat=".2s", ticksuffix="B")
+    spec.layout["yaxis3"].update(type="linear", rangemode="tozero")
+    spec.control("slice", " · ".join(slice_axes), slice_options(sel))
+    return spec.to_dict()
+
+
+def build(data: ReportData) -> Section | None:
+    fig = scaling_figure(data.rows)
+    if fig is None:
+        return None
+    return Section("scaling", "Device-count scaling", [fig],
+                   "Strong scaling: efficiency = t(P0)·P0 / (t(P)·P) against the smallest P of "
+                   "each line; the time of a distributed row is the slowest rank's.")  # fmt: skip

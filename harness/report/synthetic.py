@@ -1,0 +1,99 @@
+"""A synthetic run directory of any size, for the report's tests and benchmarks.
+
+Numbers follow simple, plausible laws (time ∝ S², memory ∝ S or S², naive running out of memory at
+long lengths) so the figures look like a real run; one reason carries `<script>` to prove escaping.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+from harness.case import Case
+from harness.flops import case_flops
+from harness.results import ROWS, SAMPLES, RunDir
+
+IMPLS = ("naive", "chunked", "sdpa_math", "sdpa_flash", "ring_demo")
+HOSTILE_REASON = '<script>window.__pwned = 1</script> & "quotes" <b>not bold</b>'
+
+
+def _row(case: Case, impl: str, phase: str, rng: random.Random) -> dict[str, Any]:
+    s = case.seq_len
+    row: dict[str, Any] = {"schema_version": 1, "case": case.name, "impl": impl, "phase": phase,
+                           "label": impl, "device": "cpu", **case.to_dict(), "status": "ok",
+                           "reason": ""}  # fmt: skip
+    if impl == "naive" and s * case.batch >= 16384:
+        return row | {"status": "oom", "reason": "OutOfMemoryError: CUDA out of memory (synthetic)"}
+    if impl == "sdpa_math" and s >= 32768:
+        return row | {"status": "timeout", "reason": "case exceeded 300 s (synthetic)"}
+    if impl == "sdpa_flash" and case.dtype == "float32":
+        return row | {"status": "unsupported", "reason": "flash needs float16 or bfloat16"}
+    if impl == "chunked" and s == 4096 and case.causal and phase == "bwd":
+        return row | {"status": "error", "reason": HOSTILE_REASON}
+    speed = {"naive": 1.0, "chunked": 0.7, "sdpa_math": 0.9, "sdpa_flash": 2.5, "ring_demo": 2.0}
+    flops = case_flops(case, phase)
+    time_ms = flops / (speed[impl] * 2e10 * (1 + 0.2 * math.log2(s / 256 + 1))) * 1e3
+    time_ms *= rng.uniform(0.95, 1.05) / (0.8 * case.world_size if case.world_size > 1 else 1)
+    in_bytes = 3 * case.batch * s * case.num_heads * case.head_dim * 4
+    quadratic = impl in ("naive", "sdpa_math")
+    work = case.batch * case.num_heads * (s * s * 8 if quadratic else s * (case.block_size or 128))
+    err = {"float32": 3e-7, "float16": 4e-4, "bfloat16": 3e-3}[case.dtype]
+    row |= {
+        "time_ms_median": time_ms, "time_ms_p20": time_ms * 0.97, "time_ms_p80": time_ms * 1.04,
+        "num_samples": 5, "flops": flops, "tflops": flops / time_ms / 1e9,
+        "tokens_per_s": case.batch * s / time_ms * 1e3, "input_bytes": in_bytes,
+        "peak_mem_bytes": in_bytes + work, "peak_mem_above_inputs_bytes": work,
+        "err_rel_l2": err * rng.uniform(0.8, 1.3) * (2.6 if impl == "sdpa_math" else 1.0),
+        "err_max_abs": err * 10, "err_naive_same_dtype_rel_l2": err,
+        "time_samples_ms": [time_ms * rng.uniform(0.96, 1.05) for _ in range(5)],
+    }  # fmt: skip
+    if case.world_size > 1:
+        per_rank = row["peak_mem_bytes"] // case.world_size
+        row["peak_mem_bytes_per_rank"] = [per_rank] * case.world_size
+    return row
+
+
+def synthetic_cases(num_rows: int) -> list[tuple[Case, str, str]]:
+    """(case, impl, phase) triples in sweep order (block size outermost), cut at num_rows."""
+    out: list[tuple[Case, str, str]] = []
+    runs = [(impl, 1) for impl in IMPLS] + [("ring_demo", ws) for ws in (2, 4, 8)]
+    grid = itertools.product(
+        (128, 256, 512, 1024), ("float32", "bfloat16", "float16"), (False, True), (8, 16),
+        (64, 128), ("fwd", "bwd", "fwd_bwd"), (256, 512, 1024, 2048, 4096, 8192, 16384, 32768),
+        runs,
+    )  # fmt: skip
+    for bs, dtype, causal, heads, d, phase, s, (impl, ws) in grid:
+        case = Case(seq_len=s, block_size=bs, dtype=dtype, causal=causal, num_heads=heads,
+                    head_dim=d, world_size=ws)  # fmt: skip
+        out.append((case, impl, phase))
+        if len(out) == num_rows:
+            break
+    return out
+
+
+def write_synthetic_run(root: Path, num_rows: int, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    run_id = f"synthetic-{num_rows}"
+    triples = synthetic_cases(num_rows)
+    cases = {c.name: c for c, _, _ in triples}
+    meta = {"run_id": run_id, "suite_name": "synthetic", "provenance": {
+        "device": "cpu", "device_name": "Synthetic CPU", "torch_version": "2.13.0+cpu",
+        "cuda_version": None, "git_commit": "0" * 40, "git_dirty": False,
+        "utc_time": "2026-01-01T00:00:00+00:00", "hostname": "synthetic"}}  # fmt: skip
+    suite = {"cases": [c.to_dict() | {"name": n} for n, c in cases.items()]}
+    run = RunDir.create(Path(root) / run_id, meta, suite)
+    rows, samples = [], []
+    for case, impl, phase in triples:  # written in bulk: RunDir.append fsyncs every line
+        row = _row(case, impl, phase, rng) | {"run_id": run_id}
+        times = row.pop("time_samples_ms", None)
+        if times is not None:
+            samples.append({"schema_version": 1, "case": case.name, "impl": impl, "phase": phase,
+                            "time_ms": times})  # fmt: skip
+        rows.append(row)
+    (run.path / ROWS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run.path / SAMPLES).write_text("".join(json.dumps(r) + "\n" for r in samples))
+    return run.path

@@ -1,0 +1,104 @@
+"""Throughput vs sequence length: TFLOP/s or tokens/s, log-log, one line per implementation,
+faceted by dtype × causal, with p20–p80 bands; the phase, the metric and any other axis that
+varies are selectors above the figure.
+
+Throughput is inversely proportional to time, so the band of a point is its value scaled by
+median/p80 (slow end) and median/p20 (fast end).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from harness.report.common import (
+    FigureSpec,
+    case_text,
+    facet_titles,
+    facet_values,
+    floats,
+    grouped,
+    impl_colors,
+    line_styles,
+    phase_options,
+    slice_options,
+    template,
+    with_lines_and_slices,
+)  # fmt: skip
+from harness.report.data import ReportData
+from harness.report.sections import Section
+
+METRICS = {"tflops": "TFLOP/s", "tokens_per_s": "tokens/s"}
+PLOTTED = ("seq_len", "dtype", "causal", "phase")
+FACET_COLS = ("dtype", "causal")
+KEYS = ["phase", "dtype", "causal", "slice", "series"]
+
+
+def single_device_ok(rows: pd.DataFrame) -> pd.DataFrame:
+    sel = rows[(rows["status"] == "ok") & (rows["world_size"] == 1)]
+    return sel[sel["seq_len"].notna() & sel["time_ms_median"].notna()]
+
+
+def _title(label: str) -> str:
+    return f"Throughput ({label}) vs sequence length"
+
+
+def throughput_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
+    ok = single_device_ok(rows)
+    if ok.empty:
+        return None
+    ok, slice_axes = with_lines_and_slices(ok.sort_values("seq_len", kind="stable"), PLOTTED)
+    extra: dict[str, pd.Series] = {"text": case_text(ok)}
+    for metric in METRICS:
+        extra[f"lo_{metric}"] = ok[metric] * ok["time_ms_median"] / ok["time_ms_p80"]
+        extra[f"hi_{metric}"] = ok[metric] * ok["time_ms_median"] / ok["time_ms_p20"]
+    ok = ok.assign(**extra)
+    styles = line_styles(ok, impl_colors(rows["impl"].tolist()))
+    _, col_vals = facet_values(ok, None, FACET_COLS)
+    col_of = {cv: j for j, cv in enumerate(col_vals, start=1)}
+    spec = FigureSpec(_title("TFLOP/s"), 470)
+    spec.grid(facet_titles([None], col_vals, None, FACET_COLS), xtitle="sequence length")
+    columns = ["seq_len", "time_ms_median", *METRICS, *extra]
+    for (phase, dtype, causal, slice_, name), g in grouped(ok, KEYS, columns):
+        c = col_of[(dtype, causal)]
+        style = styles[name]
+        for metric, label in METRICS.items():
+            has = ~pd.isna(g[metric])
+            if not has.any():
+                continue
+            controls = {"phase": phase, "metric": metric, "slice": slice_}
+            xs = g["seq_len"][has].tolist()
+            lo, hi = g[f"lo_{metric}"][has], g[f"hi_{metric}"][has]
+            if not (pd.isna(lo).any() or pd.isna(hi).any()):
+                spec.add({
+                    "x": xs + xs[::-1], "y": floats(hi) + floats(lo)[::-1], "fill": "toself",
+                    "fillcolor": style["color"], "opacity": 0.15, "line": {"width": 0},
+                    "hoverinfo": "skip", "showlegend": False, "legendgroup": name, "mode": "lines",
+                }, 1, c, role="band", controls=controls)  # fmt: skip
+            spec.add({
+                "x": xs, "y": floats(g[metric][has]), "mode": "lines+markers", "name": name,
+                "legendgroup": name, "marker": {"size": 6},
+                "line": {"color": style["color"], "dash": style["dash"], "width": 2},
+                "text": g["text"][has].tolist(), "customdata": floats(g["time_ms_median"][has]),
+                "hovertemplate": template(f"{name} · {phase}", [
+                    (label, "%{y:.4g}"), ("time (ms)", "%{customdata:.4g}")]),
+                "meta": {"series": name},
+            }, 1, c, controls=controls, legend_key=name)  # fmt: skip
+    spec.control("phase", "phase", phase_options(ok))
+    spec.control("metric", "metric", [
+        {"value": m, "label": label, "relayout": {"title.text": _title(label)}}
+        for m, label in METRICS.items()
+    ])  # fmt: skip
+    spec.control("slice", " · ".join(slice_axes), slice_options(ok))
+    return spec.to_dict()
+
+
+def build(data: ReportData) -> Section | None:
+    fig = throughput_figure(data.rows)
+    if fig is None:
+        return None
+    return Section("throughput", "Throughput", [fig],
+                   "Higher is better. Shaded bands span the p20–p80 of the timing samples. FLOPs "
+                   "follow ANCHORS.md: 4·B·H·Sq·Sk·D forward, causal counts attended pairs; "
+                   "backward 2.5×, forward+backward 3.5×.")  # fmt: skip
