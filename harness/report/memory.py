@@ -143,4 +143,4 @@ def build(data: ReportData) -> Section | None:
                    "Lower is better. Dashed: the analytic expectation (inputs plus S² working "
                    "memory for kernels that materialize the scores, linear for blockwise ones) "
                    "anchored at the shortest length. A marker at the end of a line shows why it "
-                   "stops (OOM ×, timeout ◆, error ⊗); the table below gives the reason.")  # fmt: skip
+                   "stops (OOM ×, timeout ◆, error ⊗); the table gives the reason.")  # fmt: skip
