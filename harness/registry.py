@@ -93,6 +93,11 @@ class Registry:
             except Exception as exc:  # a broken plugin must not break the harness
                 self.plugin_errors[ep.name] = f"{type(exc).__name__}: {exc}"
 
+    def refresh(self) -> None:
+        """Scan the entry points again (after sys.path changed, e.g. a plugin was installed)."""
+        self._loaded = False
+        self._load()
+
     def get(self, name: str) -> Impl:
         self._load()
         if name not in self._impls:
