@@ -101,8 +101,8 @@ def run(
             meta = {"run_id": run_id, "suite_name": suite.name, "suite_path": str(suite_path),
                     "profile": profile, "argv": sys.argv,
                     "provenance": provenance.collect(device, suite.seed)}  # fmt: skip
-            expanded = {"suite": suite.model_dump(mode="json"),
-                        "cases": [c.to_dict() | {"name": c.name} for c in suite.cases()]}  # fmt: skip
+            cases = [c.to_dict() | {"name": c.name} for c in suite.cases()]
+            expanded = {"suite": suite.model_dump(mode="json"), "cases": cases}
             run_dir = RunDir.create(path, meta, expanded)
     except HarnessError as exc:
         _fail(str(exc))

@@ -51,8 +51,9 @@ class Impl:
     `forward` takes tensors in `layout` and returns the output in the same layout:
     attention: forward(q, k, v, *, causal, block_size) -> out;
     layer:     forward(x, params, *, causal, block_size, num_heads) -> y.
-    `available(device)` answers for a device type ("cpu" or "cuda"); `unsupported(case, device)` lists
-    the reasons a given case cannot run (dtype, head_dim, divisibility), empty when it can.
+    `available(device)` answers for a device type ("cpu" or "cuda");
+    `unsupported(case, device)` lists the reasons a given case cannot run (dtype, head_dim,
+    divisibility), empty when it can.
     """
 
     name: str

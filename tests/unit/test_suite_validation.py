@@ -84,8 +84,8 @@ def test_case_names_deterministic_and_unique():
 def test_cli_exits_2_and_writes_nothing(change, words, write_suite, tmp_path):
     path = write_suite(tiny_suite(**change))
     out = tmp_path / "results"
-    proc = subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--out", str(out)],
-                          capture_output=True, text=True, cwd=Path(__file__).parents[2])  # fmt: skip
+    cmd = [sys.executable, "-m", "harness", "run", str(path), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[2])
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln]
     assert len(lines) == 1 and lines[0].startswith("error: ")
