@@ -18,8 +18,9 @@ from harness.errors import HarnessError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Run, compare and guard attention implementations.")  # fmt: skip
-err = Console(stderr=True)
-out = Console()
+# Wide enough that tables stay readable when piped into a log or CI output.
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+out = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -49,6 +50,9 @@ def list_impls() -> None:
 
 
 def _progress_printer(total_cases: int) -> Any:
+    """A progress bar on a terminal; one line per row in logs (CI, pipes)."""
+    if err.is_terminal:
+        return _progress_bar(total_cases)
     started = time.perf_counter()
 
     def progress(i: int, n: int, task: Any, row: dict[str, Any] | None) -> None:
@@ -61,6 +65,23 @@ def _progress_printer(total_cases: int) -> Any:
         extra = (f"{row['time_ms_median']:.2f} ms" if status == "ok"
                  else (row.get("reason") or "")[:80])  # fmt: skip
         err.print(f"  -> {status} {extra}", highlight=False, markup=False)
+
+    return progress
+
+
+def _progress_bar(total: int) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), console=err, transient=False)  # fmt: skip
+    handle = bar.add_task("starting", total=total)
+    bar.start()
+
+    def progress(i: int, n: int, task: Any, row: dict[str, Any] | None) -> None:
+        bar.update(handle, total=n, completed=i,
+                   description=f"{task.case.name} {task.impl} {task.phase}")  # fmt: skip
+        if row is not None and i == n:
+            bar.stop()
 
     return progress
 
