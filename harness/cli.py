@@ -164,3 +164,42 @@ def _fmt(value: Any) -> str:
 
 def main() -> None:
     app()
+
+
+@app.command("compare")
+def compare_cmd(
+    baseline: Path = typer.Argument(..., help="baseline run directory"),
+    candidate: Path = typer.Argument(..., help="candidate run directory"),
+    time_tol: float = typer.Option(None, "--time-tol", help="time effect threshold [0.10]"),
+    mem_tol: float = typer.Option(None, "--mem-tol", help="peak-memory tolerance [0.02]"),
+    err_factor: float = typer.Option(None, "--err-factor", help="error ratio limit [2.0]"),
+    alpha: float = typer.Option(None, "--alpha", help="significance level [0.05]"),
+    min_samples: int = typer.Option(None, "--min-samples", help="raw samples needed [5]"),
+    normalize_to: str = typer.Option(None, "--normalize-to", help="time relative to this impl"),
+    json_path: Path = typer.Option(None, "--json", help="write a JSON summary here"),
+    md_path: Path = typer.Option(None, "--markdown", help="write a Markdown summary here"),
+    show_all: bool = typer.Option(False, "--all", help="list unchanged rows too"),
+) -> None:
+    """Judge CANDIDATE against BASELINE; exit 1 on regression, 2 on bad input, 0 otherwise.
+
+    Thresholds not given as flags come from the candidate suite's `compare:` section.
+    """
+    import json
+
+    from harness.compare import compare_paths
+    from harness.compare_format import markdown, table
+
+    try:
+        result = compare_paths(baseline, candidate, time_tol=time_tol, mem_tol=mem_tol,
+                               err_factor=err_factor, alpha=alpha, min_samples=min_samples,
+                               normalize_to=normalize_to)  # fmt: skip
+    except HarnessError as exc:
+        _fail(str(exc))
+    for warning in result.warnings:
+        err.print(f"note: {warning}", markup=False, highlight=False, soft_wrap=True)
+    out.print(table(result, show_all=show_all))
+    if json_path is not None:
+        json_path.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    if md_path is not None:
+        md_path.write_text(markdown(result, show_all=show_all))
+    raise typer.Exit(result.exit_code)
