@@ -114,7 +114,7 @@ def run(
     err.print(f"{len(rows)} rows written; totals: {counts}", highlight=False, markup=False)
     if report:
         _maybe_report(run_dir.path)
-    out.print(str(run_dir.path), highlight=False)
+    out.print(str(run_dir.path), highlight=False, soft_wrap=True)
 
 
 def _maybe_report(path: Path) -> None:
