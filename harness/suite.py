@@ -72,7 +72,7 @@ class CompareSettings(_Strict):
 
     time_tol: float = Field(default=0.10, ge=0)
     mem_tol: float = Field(default=0.02, ge=0)
-    mem_floor_bytes: int = Field(default=64 * 1024, ge=0)
+    mem_floor_bytes: int = Field(default=1 << 20, ge=0)  # CPU VmHWM peaks jitter by ~200 KiB
     err_factor: float = Field(default=2.0, ge=1)
     alpha: float = Field(default=0.05, gt=0, lt=1)
     min_samples: PositiveInt = 5
