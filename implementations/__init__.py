@@ -4,3 +4,4 @@ Third-party implementations register through the entry-point group `harness.impl
 """
 
 from implementations import chunked, naive, sdpa  # noqa: F401
+from implementations import flash_attn, flex, xformers  # noqa: F401  (third-party backends)
