@@ -78,8 +78,10 @@ def _prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         if validate is not None:
             validate(q, k, v)
         torch.compiler.reset()
-        mask = (flex.create_block_mask(_causal, None, None, q.shape[-2], k.shape[-2],
-                                  device=q.device) if causal else None)  # fmt: skip
+        mask = None
+        if causal:
+            mask = flex.create_block_mask(_causal, None, None, q.shape[-2], k.shape[-2],
+                                          device=q.device)  # fmt: skip
         fn = torch.compile(flex.flex_attention, dynamic=False, fullgraph=True)
         _state.update(key=key, fn=fn, mask=mask)
     return _state["fn"], _state["mask"]

@@ -235,8 +235,11 @@ def test_fa2_reports_missing_when_only_fa4_is_installed(monkeypatch, tmp_path):
         ("flash_attn2", (9, 0), ""),
         ("flash_attn3", (8, 0), "compute capability 9.0+ needed for FlashAttention-3; found 8.0"),
         ("flash_attn3", (9, 0), ""),
-        ("flash_attn3", (10, 0), "FlashAttention-3 supports compute capability up to 9.x; "
-                                 "found 10.0"),  # fmt: skip
+        (
+            "flash_attn3",
+            (10, 0),
+            "FlashAttention-3 supports compute capability up to 9.x; found 10.0",
+        ),  # fmt: skip
         ("flash_attn4", (8, 6), "compute capability 9.0+ needed for FlashAttention-4; found 8.6"),
         ("flash_attn4", (10, 0), ""),
     ],
@@ -315,11 +318,13 @@ def test_xformers_case_reasons_are_xformers_own(monkeypatch, tmp_path):
 
 
 def test_xformers_dispatcher_refusal_is_condensed(monkeypatch, tmp_path):
-    message = ("No operator found for `memory_efficient_attention_forward` with inputs:\n"
-               "     query       : shape=(1, 128, 8, 64) (torch.float64)\n"
-               "`fa2F@2.5.7` is not supported because:\n    device=cpu (supported: {'cuda'})\n"
-               "    dtype=torch.float64 (supported: {torch.float16, torch.bfloat16})\n"
-               "`cutlassF` is not supported because:\n    device=cpu (supported: {'cuda'})\n")
+    message = (
+        "No operator found for `memory_efficient_attention_forward` with inputs:\n"
+        "     query       : shape=(1, 128, 8, 64) (torch.float64)\n"
+        "`fa2F@2.5.7` is not supported because:\n    device=cpu (supported: {'cuda'})\n"
+        "    dtype=torch.float64 (supported: {torch.float16, torch.bfloat16})\n"
+        "`cutlassF` is not supported because:\n    device=cpu (supported: {'cuda'})\n"
+    )
     _install(monkeypatch, tmp_path, fake_xformers(dispatch_error=message))
     (reason,) = REGISTRY.get("xformers").unsupported(Case(dtype="float64"), "cpu")
     assert reason == (
@@ -360,8 +365,13 @@ def test_a_package_that_fails_on_use_is_an_error_row(monkeypatch, tmp_path):
     from harness.runner import plan, run_tasks
     from harness.suite import parse_suite
 
-    root = _install(monkeypatch, tmp_path / "pkgs", fake_xformers(
-        forward_error="CUDA error: no kernel image is available for execution on the device"))
+    root = _install(
+        monkeypatch,
+        tmp_path / "pkgs",
+        fake_xformers(
+            forward_error="CUDA error: no kernel image is available for execution on the device"
+        ),
+    )
     monkeypatch.setenv("PYTHONPATH", f"{root}:{ROOT}")
     suite = parse_suite({
         "name": "fake-xformers", "implementations": ["xformers", "flash_attn2"],
