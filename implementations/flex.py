@@ -80,8 +80,11 @@ def _prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         torch.compiler.reset()
         mask = None
         if causal:
-            mask = flex.create_block_mask(_causal, None, None, q.shape[-2], k.shape[-2],
-                                          device=q.device)  # fmt: skip
+            # Eager mask building materializes S×S booleans (17 GB at 128k); compiled, it doesn't.
+            # On CPU the extra compile costs more than the small masks of CPU-sized cases.
+            make = flex.create_block_mask
+            make = torch.compile(make) if q.device.type == "cuda" else make
+            mask = make(_causal, None, None, q.shape[-2], k.shape[-2], device=q.device)
         fn = torch.compile(flex.flex_attention, dynamic=False, fullgraph=True)
         _state.update(key=key, fn=fn, mask=mask)
     return _state["fn"], _state["mask"]
