@@ -13,6 +13,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from harness.errors import HarnessError
 
@@ -38,14 +39,15 @@ def list_impls() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     table = Table(title=f"implementations (device: {device}, torch {torch.__version__})")
     for col in ("name", "label", "workload", "layout", "distributed", "status", "reason"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("name", "status"), overflow="fold")
     for impl in REGISTRY.all():
         av = impl.available(device)
-        table.add_row(impl.name, impl.label, impl.workload, impl.layout,
-                      "yes" if impl.needs_process_group else "no",
-                      "available" if av.ok else "skipped", av.reason)  # fmt: skip
+        cells = (impl.name, impl.label, impl.workload, impl.layout,
+                 "yes" if impl.needs_process_group else "no",
+                 "available" if av.ok else "skipped", av.reason)  # fmt: skip
+        table.add_row(*(Text(c) for c in cells))  # Text: "pip install '.[flash]'" is no markup
     for name, problem in REGISTRY.plugin_errors.items():
-        table.add_row(name, "", "", "", "", "broken plugin", problem)
+        table.add_row(*(Text(c) for c in (name, "", "", "", "", "broken plugin", problem)))
     out.print(table)
 
 
