@@ -15,8 +15,11 @@ from harness.measure.error import rel_l2
 from harness.registry import REGISTRY
 from harness.workloads.attention import naive_full
 
+# Compiled implementations (flex) pay seconds of compilation per shape; tests/unit/test_flex.py
+# checks them on a smaller matrix.
 ATTENTION = [i.name for i in REGISTRY.all() if i.workload == "attention"
-             and not i.needs_process_group and not i.name.startswith("plugin_")]  # fmt: skip
+             and not i.needs_process_group and "compiled" not in i.tags
+             and not i.name.startswith("plugin_")]  # fmt: skip
 
 
 def _skip_unless_runs(name: str, case: Case) -> None:
