@@ -13,13 +13,15 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from harness.errors import HarnessError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Run, compare and guard attention implementations.")  # fmt: skip
-err = Console(stderr=True)
-out = Console()
+# Wide enough that tables stay readable when piped into a log or CI output.
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+out = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -37,18 +39,22 @@ def list_impls() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     table = Table(title=f"implementations (device: {device}, torch {torch.__version__})")
     for col in ("name", "label", "workload", "layout", "distributed", "status", "reason"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("name", "status"), overflow="fold")
     for impl in REGISTRY.all():
         av = impl.available(device)
-        table.add_row(impl.name, impl.label, impl.workload, impl.layout,
-                      "yes" if impl.needs_process_group else "no",
-                      "available" if av.ok else "skipped", av.reason)  # fmt: skip
+        cells = (impl.name, impl.label, impl.workload, impl.layout,
+                 "yes" if impl.needs_process_group else "no",
+                 "available" if av.ok else "skipped", av.reason)  # fmt: skip
+        table.add_row(*(Text(c) for c in cells))  # Text: "pip install '.[flash]'" is no markup
     for name, problem in REGISTRY.plugin_errors.items():
-        table.add_row(name, "", "", "", "", "broken plugin", problem)
+        table.add_row(*(Text(c) for c in (name, "", "", "", "", "broken plugin", problem)))
     out.print(table)
 
 
 def _progress_printer(total_cases: int) -> Any:
+    """A progress bar on a terminal; one line per row in logs (CI, pipes)."""
+    if err.is_terminal:
+        return _progress_bar(total_cases)
     started = time.perf_counter()
 
     def progress(i: int, n: int, task: Any, row: dict[str, Any] | None) -> None:
@@ -61,6 +67,23 @@ def _progress_printer(total_cases: int) -> Any:
         extra = (f"{row['time_ms_median']:.2f} ms" if status == "ok"
                  else (row.get("reason") or "")[:80])  # fmt: skip
         err.print(f"  -> {status} {extra}", highlight=False, markup=False)
+
+    return progress
+
+
+def _progress_bar(total: int) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), console=err, transient=False)  # fmt: skip
+    handle = bar.add_task("starting", total=total)
+    bar.start()
+
+    def progress(i: int, n: int, task: Any, row: dict[str, Any] | None) -> None:
+        bar.update(handle, total=n, completed=i,
+                   description=f"{task.case.name} {task.impl} {task.phase}")  # fmt: skip
+        if row is not None and i == n:
+            bar.stop()
 
     return progress
 
@@ -101,8 +124,8 @@ def run(
             meta = {"run_id": run_id, "suite_name": suite.name, "suite_path": str(suite_path),
                     "profile": profile, "argv": sys.argv,
                     "provenance": provenance.collect(device, suite.seed)}  # fmt: skip
-            expanded = {"suite": suite.model_dump(mode="json"),
-                        "cases": [c.to_dict() | {"name": c.name} for c in suite.cases()]}  # fmt: skip
+            cases = [c.to_dict() | {"name": c.name} for c in suite.cases()]
+            expanded = {"suite": suite.model_dump(mode="json"), "cases": cases}
             run_dir = RunDir.create(path, meta, expanded)
     except HarnessError as exc:
         _fail(str(exc))
@@ -114,7 +137,7 @@ def run(
     err.print(f"{len(rows)} rows written; totals: {counts}", highlight=False, markup=False)
     if report:
         _maybe_report(run_dir.path)
-    out.print(str(run_dir.path), highlight=False)
+    out.print(str(run_dir.path), highlight=False, soft_wrap=True)
 
 
 def _maybe_report(path: Path) -> None:
@@ -189,3 +212,138 @@ def _fmt(value: Any) -> str:
 
 def main() -> None:
     app()
+
+
+@app.command("compare")
+def compare_cmd(
+    baseline: Path = typer.Argument(..., help="baseline run directory"),
+    candidate: Path = typer.Argument(..., help="candidate run directory"),
+    time_tol: float = typer.Option(None, "--time-tol", help="time effect threshold [0.10]"),
+    mem_tol: float = typer.Option(None, "--mem-tol", help="peak-memory tolerance [0.02]"),
+    err_factor: float = typer.Option(None, "--err-factor", help="error ratio limit [2.0]"),
+    alpha: float = typer.Option(None, "--alpha", help="significance level [0.05]"),
+    min_samples: int = typer.Option(None, "--min-samples", help="raw samples needed [5]"),
+    normalize_to: str = typer.Option(None, "--normalize-to", help="time relative to this impl"),
+    json_path: Path = typer.Option(None, "--json", help="write a JSON summary here"),
+    md_path: Path = typer.Option(None, "--markdown", help="write a Markdown summary here"),
+    show_all: bool = typer.Option(False, "--all", help="list unchanged rows too"),
+) -> None:
+    """Judge CANDIDATE against BASELINE; exit 1 on regression, 2 on bad input, 0 otherwise.
+
+    Thresholds not given as flags come from the candidate suite's `compare:` section.
+    """
+    import json
+
+    from harness.compare import compare_paths
+    from harness.compare_format import markdown, table
+
+    try:
+        result = compare_paths(baseline, candidate, time_tol=time_tol, mem_tol=mem_tol,
+                               err_factor=err_factor, alpha=alpha, min_samples=min_samples,
+                               normalize_to=normalize_to)  # fmt: skip
+    except HarnessError as exc:
+        _fail(str(exc))
+    for warning in result.warnings:
+        err.print(f"note: {warning}", markup=False, highlight=False, soft_wrap=True)
+    out.print(table(result, show_all=show_all))
+    if json_path is not None:
+        json_path.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    if md_path is not None:
+        md_path.write_text(markdown(result, show_all=show_all))
+    raise typer.Exit(result.exit_code)
+
+
+@app.command("history")
+def history_cmd(
+    root: Path = typer.Argument(..., metavar="RESULTS_ROOT", help="folder holding run dirs"),
+    suite: str = typer.Option(None, "--suite", help="only runs of this suite"),
+    window: int = typer.Option(7, "--window", help="recent nights that form the reference"),
+    persist: int = typer.Option(2, "--persist", help="consecutive worse nights to flag"),
+    normalize_to: str = typer.Option(None, "--normalize-to", help="time relative to this impl"),
+    time_tol: float = typer.Option(None, "--time-tol", help="time tolerance [0.10]"),
+    csv_path: Path = typer.Option(None, "--csv", help="write the flagged series here"),
+    html_path: Path = typer.Option(None, "--html", help="write the history figure here"),
+) -> None:
+    """Time series per case over many runs; exit 1 if a regression persists at the newest night."""
+    from harness.history import flag_history, latest_regressions, load_history, normalize
+    from harness.suite import CompareSettings
+
+    try:
+        frame = load_history(root, suite=suite)
+        if normalize_to:
+            frame = normalize(frame, normalize_to)
+        settings = CompareSettings(**({"time_tol": time_tol} if time_tol is not None else {}))
+        flagged = flag_history(frame, settings, window=window, persist=persist)
+    except (HarnessError, ValueError) as exc:
+        _fail(str(exc))
+    bad = latest_regressions(flagged)
+    nights, series = flagged["run_id"].nunique(), len(flagged.groupby(["case", "impl", "phase"]))
+    table = Table(title=f"{len(bad)} series regressed for {persist} nights in a row "
+                        f"({nights} runs, {series} series)")  # fmt: skip
+    for col in ("suite", "device", "case", "impl", "phase", "latest", "window median", "why"):
+        table.add_column(col, overflow="fold")
+    for rec in bad.to_dict("records"):
+        table.add_row(rec["suite_name"], rec["device_name"], rec["case"], rec["impl"],
+                      rec["phase"], _fmt(rec["time_ms_median"]), _fmt(rec["ref_time_ms"]),
+                      str(rec["worse"]))  # fmt: skip
+    out.print(table)
+    if csv_path is not None:
+        flagged.to_csv(csv_path, index=False)
+    if html_path is not None:
+        from harness.nightly_figures import history_figure
+
+        history_figure(flagged).write_html(html_path, include_plotlyjs="cdn")
+    raise typer.Exit(1 if len(bad) else 0)
+
+
+baseline_app = typer.Typer(no_args_is_help=True, help="Curated baselines under results/baselines.")
+app.add_typer(baseline_app, name="baseline")
+
+
+@baseline_app.command("promote")
+def baseline_promote(
+    run_dir: Path = typer.Argument(..., help="the run to keep as the baseline"),
+    root: Path = typer.Option(Path("results/baselines"), "--root", help="baselines folder"),
+    force: bool = typer.Option(False, "--force", help="replace a baseline / allow failed rows"),
+) -> None:
+    """Copy a run's data files to results/baselines/<device>/<suite>[-<profile>]."""
+    from harness.baseline import promote
+
+    try:
+        target = promote(run_dir, root, force=force)
+    except HarnessError as exc:
+        _fail(str(exc))
+    out.print(str(target), highlight=False)
+
+
+@baseline_app.command("path")
+def baseline_path(
+    run_dir: Path = typer.Argument(..., help="a run directory"),
+    root: Path = typer.Option(Path("results/baselines"), "--root", help="baselines folder"),
+) -> None:
+    """Print where the baseline for this run's device, suite and profile lives (exists or not)."""
+    from harness.baseline import baseline_dir
+
+    try:
+        out.print(str(baseline_dir(run_dir, root)), highlight=False, soft_wrap=True)
+    except HarnessError as exc:
+        _fail(str(exc))
+
+
+export_app = typer.Typer(no_args_is_help=True, help="Export runs to other tools' formats.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("pytest-benchmark")
+def export_pytest_benchmark(
+    run_dir: Path = typer.Argument(..., help="a run directory"),
+    output: Path = typer.Option(..., "-o", "--output", help="JSON file to write"),
+) -> None:
+    """Write the run as pytest-benchmark JSON (`pytest-benchmark compare FILE ...` reads it)."""
+    from harness.export.pytest_benchmark import export
+
+    try:
+        count = export(run_dir, output)
+    except HarnessError as exc:
+        _fail(str(exc))
+    err.print(f"{count} benchmarks written to {output}", highlight=False, markup=False)

@@ -18,8 +18,12 @@ def attended_pairs(seq_len: int, causal: bool) -> int:
 
 
 def attention_fwd_flops(case: Case) -> float:
-    return 4.0 * case.batch * case.num_heads * attended_pairs(case.seq_len, case.causal) * (
-        case.head_dim
+    return (
+        4.0
+        * case.batch
+        * case.num_heads
+        * attended_pairs(case.seq_len, case.causal)
+        * (case.head_dim)
     )
 
 

@@ -51,8 +51,9 @@ class Impl:
     `forward` takes tensors in `layout` and returns the output in the same layout:
     attention: forward(q, k, v, *, causal, block_size) -> out;
     layer:     forward(x, params, *, causal, block_size, num_heads) -> y.
-    `available(device)` answers for a device type ("cpu" or "cuda"); `unsupported(case, device)` lists
-    the reasons a given case cannot run (dtype, head_dim, divisibility), empty when it can.
+    `available(device)` answers for a device type ("cpu" or "cuda");
+    `unsupported(case, device)` lists the reasons a given case cannot run (dtype, head_dim,
+    divisibility), empty when it can.
     """
 
     name: str
@@ -92,6 +93,11 @@ class Registry:
                     self.register(impl)
             except Exception as exc:  # a broken plugin must not break the harness
                 self.plugin_errors[ep.name] = f"{type(exc).__name__}: {exc}"
+
+    def refresh(self) -> None:
+        """Scan the entry points again (after sys.path changed, e.g. a plugin was installed)."""
+        self._loaded = False
+        self._load()
 
     def get(self, name: str) -> Impl:
         self._load()

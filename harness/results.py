@@ -92,6 +92,19 @@ class RunDir:
             })  # fmt: skip
         _append_line(self.path / ROWS, row)
 
+    def repair(self) -> None:
+        """Cut a torn last line (a run killed mid-write) so appends start on a fresh line."""
+        for name in (ROWS, SAMPLES):
+            path = self.path / name
+            if not path.exists() or path.stat().st_size == 0:
+                continue
+            data = path.read_bytes()
+            if not data.endswith(b"\n"):
+                with open(path, "r+b") as f:
+                    f.truncate(data.rfind(b"\n") + 1)
+                    f.flush()
+                    os.fsync(f.fileno())
+
     def rows(self) -> list[dict[str, Any]]:
         return _read_lines(self.path / ROWS)
 
@@ -108,6 +121,6 @@ def load_rows(path: str | Path):
 
     run = RunDir.open(path)
     frame = pd.DataFrame.from_records(run.rows())
-    if not frame.empty and "run_id" not in frame.columns:  # rows written by the runner carry it
+    if not frame.empty and "run_id" not in frame.columns:
         frame.insert(0, "run_id", run.meta().get("run_id"))
     return frame

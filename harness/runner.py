@@ -155,6 +155,7 @@ ProgressFn = Callable[[int, int, Task, dict[str, Any] | None], None]
 def run_tasks(suite: Suite, tasks: list[Task], run: RunDir, *,
               progress: ProgressFn | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Run the tasks not yet in `run` (so the same call resumes a killed run)."""
+    run.repair()
     done = run.done_keys()
     todo = [t for t in tasks if t.key not in done]
     budget = suite.limits.memory_budget_gb

@@ -62,6 +62,23 @@ class Accuracy(_Strict):
     grad_ref_max_seq: PositiveInt = 2048
 
 
+class CompareSettings(_Strict):
+    """Regression thresholds that `harness compare` reads from the candidate run's suite.
+
+    A time regression needs the effect (ratio above 1 + time_tol) and significance (one-sided
+    Mann-Whitney U p-value below alpha, with at least min_samples raw samples on each side);
+    memory and error are near-deterministic and gate on tolerances alone.
+    """
+
+    time_tol: float = Field(default=0.10, ge=0)
+    mem_tol: float = Field(default=0.02, ge=0)
+    mem_floor_bytes: int = Field(default=1 << 20, ge=0)  # CPU VmHWM peaks jitter by ~200 KiB
+    err_factor: float = Field(default=2.0, ge=1)
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    min_samples: PositiveInt = 5
+    normalize_to: str | None = None
+
+
 class Suite(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
@@ -75,6 +92,7 @@ class Suite(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: PositiveInt | None = None
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    compare: CompareSettings = CompareSettings()
 
     @model_validator(mode="after")
     def _timing_consistent(self) -> Suite:
@@ -193,6 +211,12 @@ def _check_implementations(suite: Suite, where: str) -> None:
                 f"{where}: limits.max_seq_len: {name!r} is not in implementations; "
                 f"allowed: {', '.join(suite.implementations)}"
             )
+    ref = suite.compare.normalize_to
+    if ref is not None and ref not in suite.implementations:
+        raise SuiteError(
+            f"{where}: compare.normalize_to: {ref!r} is not in implementations; "
+            f"allowed: {', '.join(suite.implementations)}"
+        )
     if suite.workload == "layer" and None in suite.sweep.hidden:
         raise SuiteError(f"{where}: sweep.hidden: the layer workload needs hidden sizes; got null")
     if suite.workload == "layer":

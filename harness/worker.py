@@ -85,6 +85,8 @@ def classify(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, RuntimeError) and ("No available kernel" in text or "No viable backend"
                                           in text):  # fmt: skip
         return "unsupported", f"torch has no kernel for this case: {text}"[:500]
+    if isinstance(exc, NotImplementedError):  # a backend declining a case (e.g. flex bwd on CPU)
+        return "unsupported", f"not implemented by the backend: {text}"[:500]
     return "error", f"{type(exc).__name__}: {text}"[:500]
 
 

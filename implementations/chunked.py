@@ -46,8 +46,9 @@ def _query_chunk(q_c, k, v, q_start: int, key_chunk: int, causal: bool) -> torch
     for k_start in range(0, k.shape[-2], key_chunk):
         if causal and k_start >= q_end:
             break  # every key of this chunk is in the future of every query
-        args = (q_c, k[..., k_start : k_start + key_chunk, :], v[..., k_start : k_start + key_chunk, :],
-                torch.tensor(q_start), torch.tensor(k_start), causal)  # fmt: skip
+        keys = slice(k_start, k_start + key_chunk)
+        args = (q_c, k[..., keys, :], v[..., keys, :], torch.tensor(q_start),
+                torch.tensor(k_start), causal)  # fmt: skip
         parts.append(checkpoint(_summarize_key_chunk, *args, use_reentrant=False) if grad
                      else _summarize_key_chunk(*args))  # fmt: skip
     values = torch.stack([p[0] for p in parts])

@@ -25,8 +25,9 @@ def make_qkv(case: Case, device: str, seed: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     shape = (case.batch, case.seq_len, case.num_heads, case.head_dim)
     return {
-        name: torch.randn(shape, generator=gen, dtype=torch.float32)
-        .to(dtype=case.torch_dtype, device=device)
+        name: torch.randn(shape, generator=gen, dtype=torch.float32).to(
+            dtype=case.torch_dtype, device=device
+        )
         for name in ("q", "k", "v")
     }
 

@@ -1,0 +1,378 @@
+"""Compare two runs of one suite: join rows by case × implementation × phase and judge each.
+
+Time is noisy, so a time regression needs both an effect and evidence: the median ratio above
+1 + time_tol *and* a one-sided Mann-Whitney U test on the raw samples below alpha, with at least
+min_samples on each side (the approach of asv's `compare` and of pytorch's operator benchmarks:
+effect size plus a rank test, not means). The ratio's confidence interval is a percentile
+bootstrap of median(candidate) / median(baseline). Memory and error are near-deterministic and gate
+on tolerances alone. Status changes away from `ok` are always regressions.
+
+Optionally, times are normalized to a reference implementation measured in the same run
+(candidate_time / candidate_ref_time over baseline_time / baseline_ref_time), which cancels most of
+the difference between two noisy or heterogeneous CI machines.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from harness.errors import HarnessError, ResultsError
+from harness.results import RunDir
+from harness.suite import CompareSettings
+
+Key = tuple[str, str, str]
+Verdict = Literal["regression", "missing", "changed", "new", "vanished", "improvement", "unchanged"]
+# Worst first in every listing.
+VERDICT_ORDER: tuple[str, ...] = (
+    "regression", "missing", "changed", "vanished", "new", "improvement", "unchanged",
+)  # fmt: skip
+FAILED = ("oom", "error", "timeout")
+ERR_FLOOR = 1e-9  # absolute slack so that an error of ~0 (float64) cannot trip a ratio test
+NAIVE_RULE_OUT = 2.0  # ANCHORS.md: err(impl) <= 2 x err(naive in the same low precision) + floor
+NAIVE_RULE_GRAD = 3.0  # and 2-3 x for gradients
+BOOTSTRAP_RESAMPLES = 2000
+
+
+class CompareError(HarnessError, ValueError):
+    """The two runs cannot be compared (different suites, an empty run)."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run directory, read once: provenance, expanded suite, rows and raw samples by key."""
+
+    path: Path
+    meta: dict[str, Any]
+    suite: dict[str, Any]
+    rows: dict[Key, dict[str, Any]]
+    samples: dict[Key, list[float]]
+
+    @property
+    def run_id(self) -> str:
+        return str(self.meta.get("run_id") or self.path.name)
+
+    @property
+    def suite_name(self) -> str | None:
+        return self.meta.get("suite_name")
+
+    @property
+    def device_name(self) -> str | None:
+        return (self.meta.get("provenance") or {}).get("device_name")
+
+    def expects(self, key: Key) -> bool:
+        """Whether this run's suite asks for `key` (so a missing row means an unfinished run)."""
+        spec = self.suite.get("suite") or {}
+        cases = {c.get("name") for c in self.suite.get("cases") or []}
+        phases = (spec.get("sweep") or {}).get("phase") or []
+        impls = spec.get("implementations") or []
+        return key[0] in cases and key[1] in impls and key[2] in phases
+
+
+def load_run(path: str | Path) -> Run:
+    path = Path(path)
+    if not path.exists():
+        raise ResultsError(f"run directory not found: {path}")
+    run_dir = RunDir.open(path)
+    rows = {(r["case"], r["impl"], r["phase"]): r for r in run_dir.rows()}
+    samples = {(s["case"], s["impl"], s["phase"]): list(s["time_ms"]) for s in run_dir.samples()}
+    return Run(path, run_dir.meta(), run_dir.suite(), rows, samples)
+
+
+@dataclass(frozen=True)
+class TimeStats:
+    """Median ratio candidate / baseline, its bootstrap CI and one-sided rank-test p-values."""
+
+    ratio: float
+    ci_low: float | None
+    ci_high: float | None
+    p_slower: float | None
+    p_faster: float | None
+    num_base: int
+    num_cand: int
+
+
+def time_stats(
+    base: list[float], cand: list[float], *, confidence: float, seed: int = 0
+) -> TimeStats:
+    from scipy import stats
+
+    b, c = np.asarray(base, dtype=float), np.asarray(cand, dtype=float)
+    ratio = float(np.median(c) / np.median(b))
+    ci_low = ci_high = p_slower = p_faster = None
+    if len(b) >= 2 and len(c) >= 2:
+        p_slower = float(stats.mannwhitneyu(c, b, alternative="greater").pvalue)
+        p_faster = float(stats.mannwhitneyu(c, b, alternative="less").pvalue)
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")  # degenerate resamples (identical samples) warn
+
+            def median_ratio(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+                return np.median(x, axis=axis) / np.median(y, axis=axis)
+
+            res = stats.bootstrap((c, b), median_ratio, vectorized=True, paired=False,
+                                  n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=confidence,
+                                  method="percentile", rng=np.random.default_rng(seed))  # fmt: skip
+        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        ci_low, ci_high = (lo, hi) if math.isfinite(lo) and math.isfinite(hi) else (ratio, ratio)
+    return TimeStats(ratio, ci_low, ci_high, p_slower, p_faster, len(b), len(c))
+
+
+@dataclass
+class RowResult:
+    case: str
+    impl: str
+    phase: str
+    verdict: Verdict
+    reasons: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    base_status: str | None = None
+    cand_status: str | None = None
+    base_time_ms: float | None = None
+    cand_time_ms: float | None = None
+    time: TimeStats | None = None
+    norm_time: TimeStats | None = None
+    mem_ratio: float | None = None
+    err_ratio: float | None = None
+
+    @property
+    def severity(self) -> float:
+        """Larger is worse; orders rows inside one verdict."""
+        ratios = [self.mem_ratio, self.err_ratio]
+        ratios += [t.ratio for t in (self.time, self.norm_time) if t is not None]
+        return max((r for r in ratios if r is not None and math.isfinite(r)), default=0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Comparison:
+    baseline: Run
+    candidate: Run
+    settings: CompareSettings
+    rows: list[RowResult]
+    warnings: list[str]
+
+    def by_verdict(self, verdict: str) -> list[RowResult]:
+        return [r for r in self.rows if r.verdict == verdict]
+
+    @property
+    def failed(self) -> bool:
+        return any(r.verdict in ("regression", "missing") for r in self.rows)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def counts(self) -> dict[str, int]:
+        return {v: n for v in VERDICT_ORDER if (n := len(self.by_verdict(v)))}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "baseline": {"path": str(self.baseline.path), "run_id": self.baseline.run_id,
+                         "device_name": self.baseline.device_name},
+            "candidate": {"path": str(self.candidate.path), "run_id": self.candidate.run_id,
+                          "device_name": self.candidate.device_name},
+            "settings": self.settings.model_dump(),
+            "regression": self.failed,
+            "counts": self.counts(),
+            "warnings": self.warnings,
+            "rows": [r.to_dict() for r in self.rows],
+        }  # fmt: skip
+
+
+def settings_for(candidate: Run, overrides: dict[str, Any]) -> CompareSettings:
+    """Thresholds: flags given on the command line, else the candidate suite's `compare:`."""
+    base = (candidate.suite.get("suite") or {}).get("compare") or {}
+    merged = {**base, **{k: v for k, v in overrides.items() if v is not None}}
+    try:
+        return CompareSettings.model_validate(merged)
+    except ValueError as exc:
+        raise CompareError(f"invalid compare settings: {exc}") from None
+
+
+def _check_comparable(base: Run, cand: Run) -> list[str]:
+    if base.suite_name != cand.suite_name:
+        raise CompareError(
+            f"different suites: baseline {base.path} is a run of {base.suite_name!r}, candidate "
+            f"{cand.path} of {cand.suite_name!r}; compare runs of one suite"
+        )
+    if base.meta.get("profile") != cand.meta.get("profile"):
+        raise CompareError(
+            f"different profiles of suite {cand.suite_name!r}: baseline "
+            f"{base.meta.get('profile')!r}, candidate {cand.meta.get('profile')!r}"
+        )
+    for run, role in ((base, "baseline"), (cand, "candidate")):
+        if not run.rows:
+            raise CompareError(f"{role} {run.path} has no rows (did the run start?)")
+    notes = []
+    if base.device_name != cand.device_name:
+        notes.append(
+            f"raw times compared across different devices: {base.device_name!r} (baseline) vs "
+            f"{cand.device_name!r} (candidate); prefer --normalize-to IMPL"
+        )
+    for key in ("torch_version", "cuda_version", "git_commit"):
+        b, c = ((r.meta.get("provenance") or {}).get(key) for r in (base, cand))
+        if b != c:
+            notes.append(f"{key}: {b} (baseline) -> {c} (candidate)")
+    return notes
+
+
+def _normalized(run: Run, key: Key, ref: str) -> list[float] | None:
+    ref_key = (key[0], ref, key[2])
+    row, ref_row = run.rows.get(key), run.rows.get(ref_key)
+    samples, ref_samples = run.samples.get(key), run.samples.get(ref_key)
+    if not (row and ref_row and samples and ref_samples and ref_row.get("status") == "ok"):
+        return None
+    scale = float(np.median(ref_samples))
+    return [s / scale for s in samples] if scale > 0 else None
+
+
+def _judge_time(res: RowResult, stats_: TimeStats, s: CompareSettings, what: str) -> None:
+    if min(stats_.num_base, stats_.num_cand) < s.min_samples:
+        res.notes.append(f"{what}: {stats_.num_base}/{stats_.num_cand} samples, fewer than "
+                         f"min_samples {s.min_samples}; not gated")  # fmt: skip
+        return
+    pct = (stats_.ratio - 1) * 100
+    if stats_.ratio > 1 + s.time_tol:
+        if stats_.p_slower is not None and stats_.p_slower < s.alpha:
+            res.reasons.append(f"{what} {pct:+.1f}% (p={stats_.p_slower:.3g})")
+        else:
+            res.notes.append(f"{what} {pct:+.1f}% but not significant (p={stats_.p_slower:.3g})")
+    elif stats_.ratio < 1 - s.time_tol and (stats_.p_faster or 1.0) < s.alpha:
+        res.notes.append(f"improved: {what} {pct:+.1f}% (p={stats_.p_faster:.3g})")
+
+
+def _judge_memory(res: RowResult, b: dict[str, Any], c: dict[str, Any], s: CompareSettings) -> None:
+    mb, mc = b.get("peak_mem_bytes"), c.get("peak_mem_bytes")
+    if mb is None or mc is None:
+        return
+    res.mem_ratio = mc / mb if mb > 0 else (1.0 if mc == 0 else math.inf)
+    slack = max(s.mem_tol * mb, s.mem_floor_bytes)
+    if mc - mb > slack:
+        res.reasons.append(f"peak memory {mb / 2**20:.2f} -> {mc / 2**20:.2f} MiB "
+                           f"({(res.mem_ratio - 1) * 100:+.1f}%)")  # fmt: skip
+    elif mb - mc > slack:
+        res.notes.append(f"improved: peak memory {(res.mem_ratio - 1) * 100:+.1f}%")
+
+
+def _error_metrics(row: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in row.items()
+            if k.startswith("err_") and k.endswith("_rel_l2") and "naive" not in k
+            and isinstance(v, int | float) and math.isfinite(v)}  # fmt: skip
+
+
+def _naive_limit(row: dict[str, Any], metric: str) -> float | None:
+    if metric == "err_rel_l2":
+        naive, factor = row.get("err_naive_same_dtype_rel_l2"), NAIVE_RULE_OUT
+    else:
+        naive, factor = row.get("err_naive_same_dtype_grad_rel_l2"), NAIVE_RULE_GRAD
+    return None if naive is None else factor * float(naive) + ERR_FLOOR
+
+
+def _judge_error(res: RowResult, b: dict[str, Any], c: dict[str, Any], s: CompareSettings) -> None:
+    eb, ec = _error_metrics(b), _error_metrics(c)
+    ratios = []
+    for metric in sorted(eb.keys() & ec.keys()):
+        vb, vc = eb[metric], ec[metric]
+        ratios.append(vc / vb if vb > 0 else (1.0 if vc == 0 else math.inf))
+        if vc > s.err_factor * vb + ERR_FLOOR:
+            res.reasons.append(f"{metric} {vb:.3g} -> {vc:.3g} (> {s.err_factor:g}x baseline)")
+            continue
+        lim_b, lim_c = _naive_limit(b, metric), _naive_limit(c, metric)
+        if lim_c is not None and vc > lim_c and not (lim_b is not None and vb > lim_b):
+            res.reasons.append(f"{metric} {vc:.3g} is now above the naive-low-precision rule "
+                               f"({lim_c:.3g})")  # fmt: skip
+    res.err_ratio = max(ratios) if ratios else None
+
+
+def _compare_ok(res: RowResult, base: Run, cand: Run, key: Key, s: CompareSettings,
+                same_device: bool) -> None:  # fmt: skip
+    b, c = base.rows[key], cand.rows[key]
+    res.base_time_ms, res.cand_time_ms = b.get("time_ms_median"), c.get("time_ms_median")
+    sb, sc = base.samples.get(key), cand.samples.get(key)
+    confidence = 1 - s.alpha
+    if sb and sc:
+        res.time = time_stats(sb, sc, confidence=confidence)
+    elif res.base_time_ms and res.cand_time_ms:
+        res.time = TimeStats(res.cand_time_ms / res.base_time_ms, None, None, None, None, 0, 0)
+    ref = s.normalize_to
+    if ref is not None and key[1] != ref:
+        nb, nc = _normalized(base, key, ref), _normalized(cand, key, ref)
+        if nb and nc:
+            res.norm_time = time_stats(nb, nc, confidence=confidence)
+            _judge_time(res, res.norm_time, s, f"time vs {ref}")
+        else:
+            res.notes.append(f"no ok {ref} row with samples in this case; time not gated")
+    elif res.time is not None:
+        if ref is None or same_device:
+            _judge_time(res, res.time, s, "time")
+        else:
+            res.notes.append("reference implementation across devices: raw time not gated")
+    _judge_memory(res, b, c, s)
+    _judge_error(res, b, c, s)
+
+
+def _compare_key(
+    base: Run, cand: Run, key: Key, s: CompareSettings, same_device: bool
+) -> RowResult:
+    res = RowResult(*key, verdict="unchanged")
+    b, c = base.rows.get(key), cand.rows.get(key)
+    if b is None:
+        res.verdict, res.cand_status = "new", c["status"]
+        return res
+    res.base_status = b["status"]
+    if c is None:
+        if cand.expects(key):
+            res.verdict = "missing"
+            res.reasons.append("the candidate's suite asks for this row but the run has none "
+                               "(unfinished run?)")  # fmt: skip
+        else:
+            res.verdict = "vanished"
+            res.notes.append("no longer in the candidate's suite")
+        return res
+    res.cand_status = c["status"]
+    if b["status"] == "ok" and c["status"] == "ok":
+        _compare_ok(res, base, cand, key, s, same_device)
+        improved = any(n.startswith("improved") for n in res.notes)
+        res.verdict = "regression" if res.reasons else ("improvement" if improved else "unchanged")
+    elif b["status"] == "ok":
+        res.verdict = "regression"
+        res.reasons.append(f"status ok -> {c['status']}: {c.get('reason') or ''}".rstrip(": "))
+    elif c["status"] == "ok":
+        res.verdict = "improvement"
+        res.notes.append(f"status {b['status']} -> ok")
+    elif b["status"] != c["status"]:
+        res.verdict = "changed"
+        res.notes.append(f"status {b['status']} -> {c['status']}: {c.get('reason') or ''}")
+    return res
+
+
+def _sort_key(r: RowResult) -> tuple[int, float, str, str, str]:
+    status_first = 0 if any(x.startswith("status") for x in r.reasons) else 1
+    return (VERDICT_ORDER.index(r.verdict), status_first, -r.severity, r.case, r.impl + r.phase)
+
+
+def compare(baseline: Run, candidate: Run, settings: CompareSettings) -> Comparison:
+    """Judge every row of the two runs; the result lists rows worst first."""
+    notes = _check_comparable(baseline, candidate)
+    ref = settings.normalize_to
+    impls = sorted({k[1] for k in baseline.rows} | {k[1] for k in candidate.rows})
+    if ref is not None and ref not in impls:
+        raise CompareError(f"--normalize-to: {ref!r} has no rows in these runs; "
+                           f"allowed: {', '.join(impls)}")  # fmt: skip
+    same_device = baseline.device_name == candidate.device_name
+    keys = sorted(baseline.rows.keys() | candidate.rows.keys())
+    rows = [_compare_key(baseline, candidate, k, settings, same_device) for k in keys]
+    rows.sort(key=_sort_key)
+    return Comparison(baseline, candidate, settings, rows, notes)
+
+
+def compare_paths(baseline: str | Path, candidate: str | Path, **overrides: Any) -> Comparison:
+    base, cand = load_run(baseline), load_run(candidate)
+    return compare(base, cand, settings_for(cand, overrides))

@@ -1,0 +1,100 @@
+"""Human-readable views of a Comparison: a rich terminal table and a Markdown summary for CI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.compare import Comparison, RowResult, TimeStats
+
+_SHOWN = ("regression", "missing", "changed", "vanished", "new", "improvement")
+
+
+def _ratio(t: TimeStats | None) -> str:
+    if t is None:
+        return ""
+    text = f"{t.ratio:.3f}"
+    if t.ci_low is not None and t.ci_high is not None:
+        text += f" [{t.ci_low:.2f}, {t.ci_high:.2f}]"
+    return text
+
+
+def _p(t: TimeStats | None) -> str:
+    return "" if t is None or t.p_slower is None else f"{t.p_slower:.3g}"
+
+
+def _num(x: float | None) -> str:
+    return "" if x is None else f"{x:.3f}"
+
+
+def _status(r: RowResult) -> str:
+    if r.base_status == r.cand_status:
+        return r.cand_status or ""
+    return f"{r.base_status or '-'} -> {r.cand_status or '-'}"
+
+
+def cells(r: RowResult) -> list[str]:
+    return [r.verdict, r.case, r.impl, r.phase, _status(r), _ratio(r.time), _p(r.time),
+            _ratio(r.norm_time), _num(r.mem_ratio), _num(r.err_ratio),
+            "; ".join(r.reasons + r.notes)]  # fmt: skip
+
+
+HEADERS = ["verdict", "case", "impl", "phase", "status", "time ratio [CI]", "p (slower)",
+           "norm. time ratio [CI]", "mem ratio", "err ratio", "why"]  # fmt: skip
+
+
+def _visible(cmp: Comparison, show_all: bool) -> list[RowResult]:
+    return cmp.rows if show_all else [r for r in cmp.rows if r.verdict in _SHOWN]
+
+
+def headline(cmp: Comparison) -> str:
+    counts = ", ".join(f"{n} {v}" for v, n in cmp.counts().items())
+    word = "REGRESSION" if cmp.failed else "no regression"
+    return (f"{word}: {cmp.candidate.run_id} vs baseline {cmp.baseline.run_id} ({counts}; "
+            f"{len(cmp.rows)} rows)")  # fmt: skip
+
+
+def thresholds(cmp: Comparison) -> str:
+    s = cmp.settings
+    norm = f", normalized to {s.normalize_to}" if s.normalize_to else ""
+    return (
+        f"time > +{s.time_tol:.0%} with Mann-Whitney p < {s.alpha:g} (>= {s.min_samples} "
+        f"samples){norm}; memory > +{s.mem_tol:.0%} (and > {s.mem_floor_bytes} B); "  # fmt: skip
+        f"error > {s.err_factor:g}x baseline or above the naive-low-precision rule"
+    )
+
+
+def table(cmp: Comparison, *, show_all: bool = False) -> Any:
+    from rich.table import Table
+
+    t = Table(title=headline(cmp), caption=thresholds(cmp), caption_justify="left")
+    for h in HEADERS:
+        t.add_column(h, overflow="fold")
+    styles = {"regression": "bold red", "missing": "bold red", "improvement": "green"}
+    for r in _visible(cmp, show_all):
+        t.add_row(*cells(r), style=styles.get(r.verdict))
+    return t
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(cmp: Comparison, *, show_all: bool = False, max_rows: int = 200) -> str:
+    """A summary for a CI comment: verdict, warnings, thresholds and the rows that matter."""
+    lines = [f"### {'❌' if cmp.failed else '✅'} {headline(cmp)}", ""]
+    lines += [f"> **Warning:** {_md_escape(w)}" for w in cmp.warnings if "devices" in w]
+    other = [w for w in cmp.warnings if "devices" not in w]
+    if other:
+        lines += ["", "Provenance: " + "; ".join(_md_escape(w) for w in other)]
+    lines += ["", f"Thresholds: {thresholds(cmp)}.", ""]
+    rows = _visible(cmp, show_all)
+    if not rows:
+        lines.append("Every row is unchanged within the thresholds.")
+        return "\n".join(lines) + "\n"
+    lines.append("| " + " | ".join(HEADERS) + " |")
+    lines.append("|" + "---|" * len(HEADERS))
+    for r in rows[:max_rows]:
+        lines.append("| " + " | ".join(_md_escape(c) for c in cells(r)) + " |")
+    if len(rows) > max_rows:
+        lines.append(f"\n({len(rows) - max_rows} more rows in the JSON summary)")
+    return "\n".join(lines) + "\n"

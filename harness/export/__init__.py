@@ -1,0 +1,1 @@
+"""Exporters of run directories to other tools' formats."""

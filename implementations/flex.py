@@ -1,0 +1,101 @@
+"""torch FlexAttention (`torch.nn.attention.flex_attention`), compiled with torch.compile.
+
+Compiled, flex generates a fused kernel (Triton on CUDA, C++ templates on CPU); eager flex
+materializes the S×S scores, so only the compiled path is measured. Causal is a block mask
+(`create_block_mask` with q_idx >= kv_idx, aligned top-left like SDPA), built once per case and
+kept beside the compiled graph, so neither mask building nor compilation is timed (the harness's
+untimed check call pays for both). Layout: q_bhsd, k_bhsd, v_bhsd -> out_bhsd.
+
+Compilation is static-shape and full-graph, and dynamo's caches are reset whenever the case
+changes: dynamo's recompile limit (8 per function) would otherwise stop compiling after a few cases
+and, with full-graph, fail. On CPU (torch 2.13) compiled flex supports float32, float16 and
+bfloat16 and has no backward (torch raises NotImplementedError, recorded as unsupported).
+`block_size` is ignored: flex's block mask granularity is its own (128).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from harness.case import Case
+from harness.registry import Availability, Impl, register
+
+_CPU_DTYPES = ("float32", "float16", "bfloat16")
+_state: dict[str, Any] = {"key": None, "fn": None, "mask": None}
+
+
+def _causal(b, h, q_idx, kv_idx):  # noqa: ANN001 - flex's mask_mod signature
+    return q_idx >= kv_idx
+
+
+def _available(device: str) -> Availability:
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError as exc:
+        return Availability.no(f"torch {torch.__version__} has no FlexAttention (needs 2.5+): "
+                               f"{exc}")  # fmt: skip
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            return Availability.no("needs CUDA: torch sees no CUDA device")
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return Availability.no("compiled FlexAttention on CUDA needs triton; it is not "
+                                   "installed")  # fmt: skip
+        return Availability.yes()
+    if device != "cpu":
+        return Availability.no(f"FlexAttention runs on cpu and cuda here; got {device}")
+    from torch._inductor import config
+
+    configured = config.cpp.cxx if isinstance(config.cpp.cxx, tuple) else (config.cpp.cxx,)
+    if not any(shutil.which(c) for c in (*configured, "g++", "c++", "clang++") if c):
+        return Availability.no("compiled FlexAttention on CPU needs a C++ compiler (g++); "
+                               "none found")  # fmt: skip
+    return Availability.yes()
+
+
+def _limits(case: Case, device: str) -> list[str]:
+    if device == "cpu" and case.dtype not in _CPU_DTYPES:
+        return [f"compiled FlexAttention on CPU supports {', '.join(_CPU_DTYPES)}; "
+                f"got {case.dtype}"]  # fmt: skip
+    return []
+
+
+def _prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             causal: bool) -> tuple[Callable[..., Any], Any]:  # fmt: skip
+    """The compiled kernel and block mask of this case, made (once) on its first call."""
+    from torch.nn.attention import flex_attention as flex
+
+    key = (tuple(q.shape), tuple(k.shape), q.dtype, q.device, causal, q.requires_grad)
+    if _state["key"] != key:
+        # Inside torch.compile torch's own input checks (no backward on CPU) surface as an opaque
+        # dynamo error; run them eagerly first so their NotImplementedError reaches the harness.
+        validate = getattr(flex, "_validate_device", None)
+        if validate is not None:
+            validate(q, k, v)
+        torch.compiler.reset()
+        mask = None
+        if causal:
+            # Eager mask building materializes S×S booleans (17 GB at 128k); compiled, it doesn't.
+            # On CPU the extra compile costs more than the small masks of CPU-sized cases.
+            make = flex.create_block_mask
+            make = torch.compile(make) if q.device.type == "cuda" else make
+            mask = make(_causal, None, None, q.shape[-2], k.shape[-2], device=q.device)
+        fn = torch.compile(flex.flex_attention, dynamic=False, fullgraph=True)
+        _state.update(key=key, fn=fn, mask=mask)
+    return _state["fn"], _state["mask"]
+
+
+def flex_forward(q_bhsd: torch.Tensor, k_bhsd: torch.Tensor, v_bhsd: torch.Tensor, *,
+                 causal: bool, block_size: int | None = None) -> torch.Tensor:  # fmt: skip
+    fn, mask = _prepare(q_bhsd, k_bhsd, v_bhsd, causal)
+    return fn(q_bhsd, k_bhsd, v_bhsd, block_mask=mask)
+
+
+FLEX = register(Impl(name="flex", label="FlexAttention (compiled)", forward=flex_forward,
+                     layout="bhsd", available=_available, unsupported=_limits,
+                     tags=("torch", "compiled", "causal-top-left")))  # fmt: skip

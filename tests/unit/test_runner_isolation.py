@@ -1,0 +1,89 @@
+"""A case that raises, aborts the process or hangs is recorded, and the sweep goes on; a killed
+run resumes with only its missing rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from harness.results import RunDir, load_rows
+from harness.runner import plan, run_tasks
+from harness.suite import parse_suite
+from tests.conftest import tiny_suite
+
+REPO = Path(__file__).parents[2]
+
+
+def _run(suite_data: dict, tmp_path: Path) -> dict[str, dict]:
+    suite = parse_suite(suite_data)
+    run = RunDir.create(tmp_path / "run", {"run_id": "t", "suite_name": suite.name}, {})
+    run_tasks(suite, plan(suite, "cpu"), run)
+    return {r["impl"]: r for r in run.rows()}
+
+
+def test_raise_abort_hang_are_recorded_and_sweep_goes_on(plugin_site, tmp_path):
+    data = tiny_suite(implementations=["plugin_raises", "plugin_aborts", "naive", "plugin_hangs",
+                                       "chunked"],
+                      limits={"case_timeout_s": 8})  # fmt: skip
+    started = time.monotonic()
+    rows = _run(data, tmp_path)
+    assert rows["plugin_raises"]["status"] == "error"
+    assert "RuntimeError: boom from a test plugin" in rows["plugin_raises"]["reason"]
+    assert rows["plugin_aborts"]["status"] == "error"
+    assert "SIGABRT" in rows["plugin_aborts"]["reason"]
+    assert rows["plugin_hangs"]["status"] == "timeout"
+    assert rows["naive"]["status"] == "ok" and rows["chunked"]["status"] == "ok"
+    assert rows["chunked"]["err_rel_l2"] < 1e-5
+    assert time.monotonic() - started < 60
+
+
+def test_memory_budget_turns_allocation_failure_into_oom(tmp_path):
+    # naive at S=8192 with 8 heads needs 2 GiB for the scores alone; the budget is 0.5 GiB.
+    data = tiny_suite(implementations=["naive", "chunked"],
+                      sweep={"seq_len": [8192], "num_heads": [8], "head_dim": [16]},
+                      limits={"memory_budget_gb": 0.5, "case_timeout_s": 120},
+                      accuracy={"ref_max_rows": 64})  # fmt: skip
+    rows = _run(data, tmp_path)
+    assert rows["naive"]["status"] == "oom", rows["naive"]
+    assert rows["chunked"]["status"] == "ok", rows["chunked"]
+
+
+def test_killed_run_resumes_missing_rows_only(plugin_site, write_suite, tmp_path):
+    data = tiny_suite(implementations=["plugin_sleepy", "naive"],
+                      sweep={"seq_len": [32, 48, 64, 80, 96, 112]},
+                      timing={"warmup": 0, "repeats": 4, "min_repeats": 4})  # fmt: skip
+    path = write_suite(data)
+    out = tmp_path / "results"
+    env = {**os.environ, "PYTHONPATH": str(plugin_site), "HARNESS_TEST_SLEEP_S": "0.1"}
+    cmd = [sys.executable, "-m", "harness", "run", str(path), "--out", str(out), "--no-report"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 90
+    rows_file = None
+    while time.monotonic() < deadline:
+        found = list(out.glob("*/rows.jsonl"))
+        if found and len(found[0].read_text().splitlines()) >= 3:
+            rows_file = found[0]
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert rows_file is not None, proc.stderr.read().decode()[-2000:]
+    with open(rows_file, "a") as f:
+        f.write('{"schema_version": 1, "case": "torn')  # a write cut off mid-line
+    before = {(r["case"], r["impl"]) for r in RunDir.open(rows_file.parent).rows()}
+    assert 3 <= len(before) < 12
+
+    resumed = subprocess.run([*cmd[:-3], "--resume", str(rows_file.parent), "--no-report"],
+                             cwd=REPO, env=env, capture_output=True, text=True)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    frame = load_rows(rows_file.parent)
+    keys = list(zip(frame["case"], frame["impl"], frame["phase"], strict=True))
+    assert len(keys) == len(set(keys)) == 12
+    assert set(frame["status"]) == {"ok"}
+    json.loads((rows_file.parent / "run.json").read_text())  # still intact
