@@ -68,7 +68,7 @@ def with_lines_and_slices(
 
     Returns the frame and the slice axes (empty: no slice control needed).
     """
-    rest = tuple(a for a in (*AXES, "run_id") if a not in plotted)
+    rest = tuple(a for a in (*AXES, "phase", "run_id") if a not in plotted)
     vary = varying(frame, rest)
     line = [a for a in vary if a in (*LINE_AXES, *line_axes)]
     slices = [a for a in vary if a not in line]

@@ -121,7 +121,7 @@ def memory_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
                 fails.setdefault((c, phase, slice_, status), []).append((s, y, text))
     for (c, phase, slice_, status), points in sorted(fails.items()):
         spec.add({
-            "x": [p[0] for p in points], "y": [p[1] for p in points], "mode": "markers",
+            "x": [p[0] for p in points], "y": floats(p[1] for p in points), "mode": "markers",
             "name": status.upper() if status == "oom" else status, "legendgroup": f"fail-{status}",
             "marker": {"symbol": FAIL_SYMBOL[status], "size": 13, "color": FAIL_COLOR[status],
                        "line": {"width": 2, "color": FAIL_COLOR[status]}},

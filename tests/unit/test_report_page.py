@@ -1,0 +1,110 @@
+"""The report page and `harness report`: offline, escaped, one plotly.js, a pluggable section list."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from harness.cli import app
+from harness.report import SECTIONS, Section, register_section, write_report
+from harness.report.data import load_report_data
+from harness.report.header import status_counts
+from harness.report.page import plotly_js, safe_json
+from harness.report.synthetic import HOSTILE_REASON, write_synthetic_run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return write_synthetic_run(tmp_path_factory.mktemp("runs"), 1200)
+
+
+@pytest.fixture(scope="module")
+def html(run_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    return write_report([run_dir], out).read_text()
+
+
+def _json_block(page: str, block_id: str):
+    match = re.search(rf'<script type="application/json" id="{block_id}">(.*?)</script>', page, re.S)
+    assert match, block_id
+    return json.loads(match.group(1))
+
+
+def test_page_is_offline_with_plotly_inlined_once(html):
+    assert html.count(plotly_js()[:200]) == 1
+    assert not re.search(r"<script[^>]+src=", html)
+    ours = html.replace(plotly_js(), "")
+    assert "http://" not in ours and "https://" not in ours
+
+
+def test_hostile_reason_never_reaches_the_page_as_markup(html):
+    assert HOSTILE_REASON not in html
+    assert "<script>window.__pwned" not in html
+    table = _json_block(html, "table-data")  # ... yet the table holds it verbatim, as text
+    assert HOSTILE_REASON in {cell for row in table["rows"] for cell in row}
+
+
+def test_safe_json_round_trips_and_cannot_close_a_script():
+    text = json.dumps({"a": "</script><script>x()</script> & \u2028"})
+    safe = safe_json(text)
+    assert "</" not in safe and "<" not in safe and "&" not in safe
+    assert json.loads(safe) == json.loads(text)
+
+
+def test_header_counts_every_status(run_dir, html):
+    data = load_report_data([run_dir])
+    counts = status_counts(data.rows)
+    assert sum(counts.values()) == len(data.rows) == 1200
+    assert {"ok", "oom", "timeout", "error", "unsupported"} <= {s for s, n in counts.items() if n}
+    for status, n in counts.items():
+        assert f'data-status="{status}">{status} <b>{n}</b>' in html
+    assert "Synthetic CPU (cpu)" in html and "2.13.0+cpu" in html
+
+
+def test_table_has_every_row(html):
+    table = _json_block(html, "table-data")
+    assert len(table["rows"]) == 1200
+    assert {"case", "impl", "phase", "status", "reason"} <= set(table["columns"])
+
+
+def test_sections_list_is_the_extension_hook(run_dir, tmp_path):
+    def extra(data):
+        return Section("extra", "Extra <section>", [], f"{len(data.rows)} rows <b>seen</b>")
+
+    before = list(SECTIONS)
+    try:
+        register_section("extra", extra, before="memory")
+        keys = [k for k, _ in SECTIONS]
+        assert keys.index("extra") == keys.index("memory") - 1
+        page = write_report([run_dir], tmp_path / "r.html").read_text()
+        assert "Extra &lt;section&gt;" in page and "1200 rows &lt;b&gt;seen&lt;/b&gt;" in page
+        with pytest.raises(ValueError, match="no section 'nope'; sections: throughput"):
+            register_section("other", extra, before="nope")
+    finally:
+        SECTIONS[:] = before
+
+
+def test_cli_report_and_baseline(run_dir, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "cmp.html"
+    result = runner.invoke(app, ["report", str(run_dir), "-o", str(out), "--baseline", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    assert 'id="sec-comparison"' in page and "Ratios against baseline synthetic-1200" in page
+
+
+def test_cli_report_bad_input_exits_2(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["report", str(tmp_path), "-o", str(tmp_path / "r.html")])
+    assert result.exit_code == 2 and "not a run directory" in result.output
+    result = runner.invoke(app, ["report", str(tmp_path), "--static", "gif"])
+    assert result.exit_code == 2 and "valid: png, svg" in result.output
+
+
+def test_empty_run_still_reports(tmp_path):
+    run = write_synthetic_run(tmp_path, 0)
+    page = write_report([run], tmp_path / "r.html").read_text()
+    assert _json_block(page, "figures-data") == [] and "0 rows" in page
