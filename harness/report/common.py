@@ -64,7 +64,8 @@ def labels(frame: pd.DataFrame, axes: list[str]) -> pd.Series:
 def with_lines_and_slices(
     frame: pd.DataFrame, plotted: tuple[str, ...], line_axes: tuple[str, ...] = ()
 ) -> tuple[pd.DataFrame, list[str]]:
-    """Add `series` (impl plus varying line axes) and `slice` (the other varying axes) columns.
+    """Add `series` (impl plus varying line axes) and `slice` (a code for the combination of the
+    other varying axes; `slice_label` says it in words) columns.
 
     Returns the frame and the slice axes (empty: no slice control needed).
     """
@@ -75,7 +76,13 @@ def with_lines_and_slices(
     series = frame["impl"].astype(str)
     if line:
         series = series + " " + labels(frame, line)
-    return frame.assign(series=series, slice=labels(frame, slices)), slices
+    slice_labels = labels(frame, slices)
+    code = {label: str(i) for i, label in enumerate(sorted(slice_labels.unique()))}
+    # Traces name their slice by a short code (there are thousands of traces); the page's
+    # selector shows the label.
+    return frame.assign(
+        series=series, slice=slice_labels.map(code), slice_label=slice_labels
+    ), slices
 
 
 def case_text(frame: pd.DataFrame) -> pd.Series:
@@ -263,5 +270,5 @@ def phase_options(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def slice_options(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    values = sorted(frame["slice"].unique().tolist())
-    return [{"value": v, "label": v} for v in values]
+    pairs = sorted(set(zip(frame["slice_label"], frame["slice"], strict=True)))
+    return [{"value": code, "label": label} for label, code in pairs]

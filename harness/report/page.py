@@ -1,7 +1,7 @@
 """Assemble the self-contained HTML page: plotly.js inlined once, figures and table as JSON.
 
-All data reach the page as JSON inside `<script type="application/json">`, with `<`, `>` and `&`
-written as \\u escapes so no string from results can close the script element; the table sets
+All data reach the page as JSON inside `<script type="application/json">`, with `</` and `<!`
+escaped so no string from results can close the script element; the table sets
 cells with textContent and plotly text was escaped by the figure builders. No network is needed.
 """
 
@@ -28,9 +28,13 @@ def plotly_js() -> str:
 
 
 def safe_json(text: str) -> str:
-    """JSON text that is safe inside a <script> element (and still the same JSON)."""
-    return (text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
-            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))  # fmt: skip
+    """JSON text that is safe inside a <script> element (and still the same JSON).
+
+    Inside a script element only `</` (which may close it) and `<!` (a comment opener that changes
+    how the parser looks for the end) matter; `<` occurs in JSON text only inside strings, where
+    `<\\/` and `\\u003c!` mean the same characters.
+    """
+    return text.replace("</", "<\\/").replace("<!", "\\u003c!")
 
 
 def _jsonable(value: Any) -> Any:

@@ -157,8 +157,9 @@ def test_default_traces_follow_the_first_option_of_each_control(data):
 
 
 def test_a_run_with_only_failures_or_no_rows_builds_no_figures():
-    frame = normalize(pd.DataFrame([{"case": "c", "impl": "naive", "phase": "fwd",
-                                     "status": "error", "reason": "boom", "seq_len": 128}]))  # fmt: skip
+    row = {"case": "c", "impl": "naive", "phase": "fwd", "status": "error", "reason": "boom",
+           "seq_len": 128}  # fmt: skip
+    frame = normalize(pd.DataFrame([row]))
     for build in (throughput.throughput_figure, memory.memory_figure, accuracy.accuracy_figure,
                   blocks.block_figure, scaling.scaling_figure):  # fmt: skip
         assert build(frame) is None

@@ -1,4 +1,4 @@
-"""The report page and `harness report`: offline, escaped, one plotly.js, a pluggable section list."""
+"""The report page and `harness report`: offline, escaped, one plotly.js, pluggable sections."""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ def html(run_dir, tmp_path_factory):
 
 
 def _json_block(page: str, block_id: str):
-    match = re.search(rf'<script type="application/json" id="{block_id}">(.*?)</script>', page, re.S)
+    match = re.search(
+        rf'<script type="application/json" id="{block_id}">(.*?)</script>', page, re.S
+    )
     assert match, block_id
     return json.loads(match.group(1))
 
@@ -41,16 +43,17 @@ def test_page_is_offline_with_plotly_inlined_once(html):
 
 
 def test_hostile_reason_never_reaches_the_page_as_markup(html):
-    assert HOSTILE_REASON not in html
-    assert "<script>window.__pwned" not in html
-    table = _json_block(html, "table-data")  # ... yet the table holds it verbatim, as text
+    assert HOSTILE_REASON not in html  # its </script> is written <\\/script>
+    markup = re.sub(r'<script type="application/json".*?</script>', "", html, flags=re.S)
+    assert "__pwned" not in markup  # outside the inert JSON blocks: nowhere
+    table = _json_block(html, "table-data")  # ... and the table holds it verbatim, as text
     assert HOSTILE_REASON in {cell for row in table["rows"] for cell in row}
 
 
 def test_safe_json_round_trips_and_cannot_close_a_script():
-    text = json.dumps({"a": "</script><script>x()</script> & \u2028"})
+    text = json.dumps({"a": "</script><script>x()</SCRIPT > <!-- <\\/b>"}, ensure_ascii=False)
     safe = safe_json(text)
-    assert "</" not in safe and "<" not in safe and "&" not in safe
+    assert "</" not in safe and "<!" not in safe
     assert json.loads(safe) == json.loads(text)
 
 
@@ -90,7 +93,9 @@ def test_sections_list_is_the_extension_hook(run_dir, tmp_path):
 def test_cli_report_and_baseline(run_dir, tmp_path):
     runner = CliRunner()
     out = tmp_path / "cmp.html"
-    result = runner.invoke(app, ["report", str(run_dir), "-o", str(out), "--baseline", str(run_dir)])
+    result = runner.invoke(
+        app, ["report", str(run_dir), "-o", str(out), "--baseline", str(run_dir)]
+    )
     assert result.exit_code == 0, result.output
     page = out.read_text()
     assert 'id="sec-comparison"' in page and "Ratios against baseline synthetic-1200" in page
@@ -108,3 +113,21 @@ def test_empty_run_still_reports(tmp_path):
     run = write_synthetic_run(tmp_path, 0)
     page = write_report([run], tmp_path / "r.html").read_text()
     assert _json_block(page, "figures-data") == [] and "0 rows" in page
+
+
+def test_harness_run_writes_a_report(write_suite, tmp_path):
+    """`harness run` ends with report.html in the run directory (a real, tiny CPU run)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import tiny_suite
+
+    suite = write_suite(tiny_suite(implementations=["naive", "chunked"]))
+    cmd = [sys.executable, "-m", "harness", "run", str(suite), "--out", str(tmp_path / "runs")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr
+    run_dir = next((tmp_path / "runs").iterdir())
+    page = (run_dir / "report.html").read_text()
+    assert f"report: {run_dir / 'report.html'}" in out.stderr
+    figures = _json_block(page, "figures-data")
+    assert [f["id"] for f in figures] == ["fig-throughput-0", "fig-memory-0", "fig-accuracy-0"]

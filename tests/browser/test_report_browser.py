@@ -1,0 +1,118 @@
+"""The report in a real headless Chromium: loads cleanly, draws every figure, stays fast."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.report import write_report
+from harness.report.page import default_traces
+from harness.report.synthetic import HOSTILE_REASON, write_synthetic_run
+from tests.browser.conftest import ARTIFACTS
+
+pytestmark = pytest.mark.browser
+
+# Per figure on the page: [visible trace count, points per visible trace, drawn marker count].
+RENDERED = """() => window.__reportFigures.map((f) => {
+  const gd = document.getElementById(f.id);
+  return {id: f.id, traces: gd.data.length,
+          points: gd.data.map((t) => (t.x || []).length),
+          roles: gd.data.map((t) => t.meta.role),
+          drawn: gd.querySelectorAll('.scatterlayer .trace .points path.point').length};
+})"""
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser")
+    run = write_synthetic_run(root, 1200)
+    return write_report([run], root / "report.html")
+
+
+def _expected(report_path):
+    """What Python put on the page for the default control values, figure by figure."""
+    import json
+    import re
+
+    text = report_path.read_text()
+    blob = re.search(r'id="figures-data">(.*?)</script>', text, re.S).group(1)
+    return {f["id"]: default_traces(f["fig"]) for f in json.loads(blob)}
+
+
+def test_page_loads_without_errors_and_draws_every_point(open_report, report):
+    page, errors = open_report(report)
+    assert errors == []
+    expected = _expected(report)
+    rendered = {r["id"]: r for r in page.evaluate(RENDERED)}
+    assert (
+        set(rendered)
+        == set(expected)
+        == {
+            "fig-throughput-0",
+            "fig-memory-0",
+            "fig-accuracy-0",
+            "fig-block_size-0",
+            "fig-scaling-0",
+        }
+    )
+    for fid, traces in expected.items():
+        got = rendered[fid]
+        assert got["traces"] == len(traces) > 0, fid
+        assert got["points"] == [len(t["x"]) for t in traces], fid
+        assert "line" in got["roles"], fid
+        markers = sum(sum(y is not None for y in t["y"]) for t in traces
+                      if "markers" in t.get("mode", ""))  # fmt: skip
+        assert got["drawn"] == markers > 0, fid
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "report-synthetic.png"), full_page=True)
+    assert (ARTIFACTS / "report-synthetic.png").stat().st_size > 10_000
+
+
+def test_hostile_reason_is_text_not_markup(open_report, report):
+    page, errors = open_report(report)
+    page.fill("#row-filter", "__pwned")
+    cells = page.eval_on_selector_all("#rows td.reason", "els => els.map(e => e.textContent)")
+    assert cells and set(cells) == {HOSTILE_REASON}
+    assert page.evaluate("window.__pwned") is None
+    assert page.evaluate("document.querySelectorAll('#rows script, #rows b').length") == 0
+    assert errors == []
+
+
+def test_controls_switch_what_is_drawn(open_report, report):
+    page, errors = open_report(report)
+    page.select_option("#fig-throughput-0-controls select[data-control='phase']", "fwd_bwd")
+    page.wait_for_function("""() => document.getElementById('fig-throughput-0').data
+        .every((t) => t.meta.controls.phase === 'fwd_bwd')""")
+    page.select_option("#fig-throughput-0-controls select[data-control='metric']", "tokens_per_s")
+    page.wait_for_function("""() => document.getElementById('fig-throughput-0').layout
+        .title.text.includes('tokens/s')""")
+    shown, wanted = page.evaluate("""() => {
+        const f = window.__reportFigures[0], gd = document.getElementById(f.id);
+        const slice = f.fig.controls.find((c) => c.name === 'slice').options[0].value;
+        const want = f.fig.data.filter((t) => t.meta.controls.phase === 'fwd_bwd'
+            && t.meta.controls.metric === 'tokens_per_s' && t.meta.controls.slice === slice);
+        return [gd.data.length, want.length];
+    }""")
+    assert shown == wanted > 0
+    assert errors == []
+
+
+def test_table_sorts_numerically(open_report, report):
+    page, _ = open_report(report)
+    page.click("#rows th:text-is('seq_len')")
+    col = page.evaluate("window.__reportFigures && [...document.querySelectorAll('#rows th')]"
+                        ".findIndex((th) => th.textContent === 'seq_len')")  # fmt: skip
+    values = page.evaluate(f"[...document.querySelectorAll('#rows tbody tr')]"
+                           f".map((tr) => Number(tr.children[{col}].textContent))")  # fmt: skip
+    assert len(values) == 200 and values == sorted(values) and values[0] == 256
+
+
+def test_5000_rows_render_fast_and_small(open_report, tmp_path):
+    run = write_synthetic_run(tmp_path, 5000)
+    path = write_report([run], tmp_path / "report.html")
+    size = path.stat().st_size
+    assert size < 10 * 2**20, f"{size / 2**20:.1f} MiB"
+    page, errors = open_report(path)
+    ready_ms = page.evaluate("window.__reportReadyMs")  # navigation start → every figure drawn
+    print(f"5,000 rows: {size / 2**20:.2f} MiB, ready after {ready_ms:.0f} ms")
+    assert errors == []
+    assert ready_ms < 3000
