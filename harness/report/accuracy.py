@@ -20,6 +20,7 @@ from harness.report.common import (
     floats,
     grouped,
     impl_colors,
+    length_ticks,
     template,
 )  # fmt: skip
 from harness.report.data import ReportData
@@ -95,6 +96,7 @@ def accuracy_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
                 "hovertemplate": template("over 2× naive", [("rel L2 error", "%{y:.3g}")]),
             }, 1, c, role="flag", legend_key="over")  # fmt: skip
     spec.update_axes("y", exponentformat="power")
+    spec.update_axes("x", **length_ticks(sel["seq_len"]))
     return spec.to_dict()
 
 

@@ -64,7 +64,7 @@ def block_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
             }, 1, col, controls={"slice": slice_}, legend_key=name)  # fmt: skip
     sizes = sorted(sel["block_size"].unique().tolist())
     spec.update_axes("x", tickvals=sizes, ticktext=[str(int(s)) for s in sizes])
-    spec.layout["yaxis2"].update(tickformat=".2s", ticksuffix="B")
+    spec.layout["yaxis2"].update(tickformat=".2s", title={"text": "bytes"})
     spec.control("slice", " · ".join(slice_axes), slice_options(sel))
     return spec.to_dict()
 

@@ -223,6 +223,15 @@ class FigureSpec:
         return {"data": self.data, "layout": layout, "controls": self.controls}
 
 
+def length_ticks(values: Any) -> dict[str, Any]:
+    """Axis ticks at the sequence lengths of the run (1k = 1024), when there are few enough."""
+    lens = sorted({int(v) for v in values if v == v})
+    if not lens or len(lens) > 12:
+        return {}
+    text = [f"{s // 1024}k" if s >= 1024 and s % 1024 == 0 else str(s) for s in lens]
+    return {"tickvals": lens, "ticktext": text}
+
+
 def facet_titles(row_vals: list[Any], col_vals: list[tuple[Any, ...]], row_axis: str | None,
                  col_axes: tuple[str, ...]) -> list[list[str]]:  # fmt: skip
     out = []

@@ -23,6 +23,7 @@ from harness.report.common import (
     floats,
     grouped,
     impl_colors,
+    length_ticks,
     line_styles,
     phase_options,
     slice_options,
@@ -90,7 +91,9 @@ def memory_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
     _, col_vals = facet_values(sel, None, FACET_COLS)
     col_of = {cv: j for j, cv in enumerate(col_vals, start=1)}
     spec = FigureSpec("Peak memory vs sequence length", 470)
-    spec.grid(facet_titles([None], col_vals, None, FACET_COLS), xtitle="sequence length")
+    spec.grid(
+        facet_titles([None], col_vals, None, FACET_COLS), xtitle="sequence length", ytitle="bytes"
+    )
     fails: dict[tuple[int, str, str, str], list[tuple[float, float, str]]] = {}
     for (phase, dtype, causal, slice_, name), g in grouped(sel, KEYS, COLUMNS):
         c = col_of[(dtype, causal)]
@@ -130,8 +133,9 @@ def memory_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
         }, 1, c, role="fail", controls={"phase": phase, "slice": slice_},
            legend_key=f"fail-{status}")  # fmt: skip
     spec.control("phase", "phase", phase_options(sel))
-    spec.update_axes("y", tickformat=".2s", ticksuffix="B")
+    spec.update_axes("y", tickformat=".2s")
     spec.control("slice", " · ".join(slice_axes), slice_options(sel))
+    spec.update_axes("x", **length_ticks(sel["seq_len"]))
     return spec.to_dict()
 
 

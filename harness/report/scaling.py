@@ -79,7 +79,7 @@ def scaling_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
               "line": {"color": "#888", "dash": "dot", "width": 1}, "hoverinfo": "skip"},
              1, 3, role="threshold", legend_key="ideal")  # fmt: skip
     spec.update_axes("x", tickvals=sizes, ticktext=[str(s) for s in sizes])
-    spec.layout["yaxis2"].update(tickformat=".2s", ticksuffix="B")
+    spec.layout["yaxis2"].update(tickformat=".2s", title={"text": "bytes"})
     spec.layout["yaxis3"].update(type="linear", rangemode="tozero")
     spec.control("slice", " · ".join(slice_axes), slice_options(sel))
     return spec.to_dict()

@@ -20,6 +20,7 @@ from harness.report.common import (
     floats,
     grouped,
     impl_colors,
+    length_ticks,
     line_styles,
     phase_options,
     slice_options,
@@ -91,6 +92,7 @@ def throughput_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
         for m, label in METRICS.items()
     ])  # fmt: skip
     spec.control("slice", " · ".join(slice_axes), slice_options(ok))
+    spec.update_axes("x", **length_ticks(ok["seq_len"]))
     return spec.to_dict()
 
 

