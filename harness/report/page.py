@@ -210,15 +210,18 @@ _JS = r"""
     return Object.keys(wanted).every((k) => !(k in chosen) || chosen[k] === wanted[k]);
   }
   function plot(f, chosen) {
-    const layout = Object.assign({}, f.fig.layout);
-    const data = f.fig.data.filter((t) => matches(t, chosen));
-    const done = Plotly.react(f.id, data, layout, config);
-    const extra = {};
+    // A deep copy, so an option's layout changes ("title.text") never leak into another's.
+    const layout = JSON.parse(JSON.stringify(f.fig.layout));
     for (const c of f.fig.controls || []) {
       const opt = c.options.find((o) => o.value === chosen[c.name]);
-      Object.assign(extra, (opt && opt.relayout) || {});
+      for (const [path, value] of Object.entries((opt && opt.relayout) || {})) {
+        const keys = path.split('.');
+        let node = layout;
+        for (const k of keys.slice(0, -1)) node = node[k] = node[k] || {};
+        node[keys[keys.length - 1]] = value;
+      }
     }
-    return Object.keys(extra).length ? done.then(() => Plotly.relayout(f.id, extra)) : done;
+    return Plotly.react(f.id, f.fig.data.filter((t) => matches(t, chosen)), layout, config);
   }
   function addControls(f, chosen) {
     const box = document.getElementById(f.id + '-controls');
