@@ -95,7 +95,7 @@ def accuracy_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
                 "text": g["text"][bad].tolist(),
                 "hovertemplate": template("over 2× naive", [("rel L2 error", "%{y:.3g}")]),
             }, 1, c, role="flag", legend_key="over")  # fmt: skip
-    spec.update_axes("y", exponentformat="power")
+    spec.update_axes("y", dtick=None, tickformat=".1e", nticks=8)
     spec.update_axes("x", **length_ticks(sel["seq_len"]))
     return spec.to_dict()
 

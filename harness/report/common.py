@@ -171,6 +171,8 @@ class FigureSpec:
                     "domain": [y1 - height, y1], "anchor": f"x{suffix}",
                     "type": "log" if ylog else "linear",
                     "title": {"text": ytitle if c == 0 else ""},
+                    # log ticks at 1, 2 and 5 only: a narrow range otherwise labels every digit
+                    **({"dtick": "D2"} if ylog else {}),
                 }  # fmt: skip
                 notes.append({"text": titles[r][c], "showarrow": False, "xref": "paper",
                               "yref": "paper", "x": x0 + width / 2, "y": y1, "yanchor": "bottom",
@@ -214,7 +216,7 @@ class FigureSpec:
         layout.update({
             "title": {"text": esc(self.title), "x": 0.01, "font": {"size": 16}},
             "template": "plotly_white", "height": self.height,
-            "margin": {"l": 64, "r": 20, "t": 80, "b": 60},
+            "margin": {"l": 80, "r": 20, "t": 80, "b": 60},
             "legend": {"orientation": "h", "y": -0.1, "x": 0, "yanchor": "top",
                        "font": {"size": 11}},
             "hoverlabel": {"font": {"size": 11}},

@@ -131,7 +131,7 @@ th { position:sticky; top:0; background:#f0f2f5; cursor:pointer; text-align:left
 th.sorted-asc::after { content:" ▲"; } th.sorted-desc::after { content:" ▼"; }
 td { padding:3px 6px; border-top:1px solid var(--line); vertical-align:top; }
 td.num { text-align:right; font-variant-numeric:tabular-nums; }
-td.reason { max-width:480px; overflow-wrap:anywhere; color:var(--muted); }
+td.reason { min-width:260px; max-width:480px; overflow-wrap:anywhere; color:var(--muted); }
 tr.s-oom td.status, tr.s-error td.status { color:#b3261e; font-weight:600; }
 tr.s-timeout td.status { color:#b26a00; font-weight:600; }
 """
