@@ -160,6 +160,7 @@ def report(
     out_path: Path = typer.Option(Path("report.html"), "-o", "--out", help="HTML file to write"),
     baseline: Path = typer.Option(None, "--baseline", help="a run to compare against"),
     static: str = typer.Option(None, "--static", help="also export every figure: png or svg"),
+    history: Path = typer.Option(None, "--history", help="add the history of runs under this"),
 ) -> None:
     """A self-contained, offline HTML report of one or more runs (plotly.js inside the file)."""
     from harness.report import write_report
@@ -168,8 +169,9 @@ def report(
     if static is not None and static not in FORMATS:
         _fail(f"--static: unknown format {static!r}; valid: {', '.join(FORMATS)}")
     try:
-        target = write_report(run_dirs, out_path, baseline=baseline, static=static)
-    except HarnessError as exc:
+        target = write_report(run_dirs, out_path, baseline=baseline, static=static,
+                              history_root=history)  # fmt: skip
+    except (HarnessError, ValueError) as exc:
         _fail(str(exc))
     out.print(str(target), highlight=False)
 

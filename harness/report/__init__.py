@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.report import accuracy, blocks, comparison, memory, scaling, throughput
+from harness.report import accuracy, adopted, blocks, comparison, memory, scaling, throughput
 from harness.report.data import ReportData, load_report_data
 from harness.report.header import header_html
 from harness.report.page import render_page
@@ -24,6 +24,7 @@ for _key, _module in (
     ("comparison", comparison),
 ):
     register_section(_key, _module.build)
+register_section("history", adopted.history_section)
 
 __all__ = ["SECTIONS", "ReportData", "Section", "register_section", "render_report",
            "write_report"]  # fmt: skip
@@ -38,14 +39,18 @@ def render_report(data: ReportData) -> tuple[str, list[Section]]:
 
 def write_report(
     run_dirs: list[Path], out_path: Path, *, baseline: Path | None = None,
-    static: str | None = None,
+    static: str | None = None, history_root: Path | None = None,
 ) -> Path:  # fmt: skip
     """Write the report of `run_dirs` (optionally against `baseline`) to `out_path`.
 
     With `static` ("png" or "svg"), every figure is also exported beside it, under
-    `<out_path stem>-figures/`.
+    `<out_path stem>-figures/`. With `history_root`, a history section shows every run under it.
     """
     data = load_report_data([Path(p) for p in run_dirs], baseline=baseline)
+    if history_root is not None:
+        from harness.history import flag_history, load_history
+
+        data.extra["history"] = flag_history(load_history(history_root))
     text, sections = render_report(data)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,9 @@ def normalize(frame: pd.DataFrame) -> pd.DataFrame:
     frame["reason"] = frame["reason"].fillna("").astype(str)
     frame["impl"] = frame["impl"].fillna("?").astype(str)
     frame["phase"] = frame["phase"].fillna("fwd").astype(str)
+    # Rows written by other tools may lack facet axes; give them a visible placeholder.
+    frame["dtype"] = frame["dtype"].fillna("unknown").astype(str)
+    frame["causal"] = frame["causal"].fillna(False).astype(bool)
     frame["world_size"] = pd.to_numeric(frame["world_size"], errors="coerce").fillna(1).astype(int)
     numeric = [c for c in COLUMNS if c.startswith(("time_", "err_", "peak_mem_b", "tflops"))]
     for col in [*numeric, "tokens_per_s", "flops", "seq_len", "block_size", "num_samples",

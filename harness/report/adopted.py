@@ -1,0 +1,96 @@
+"""Sections built from plotly figures made elsewhere: the nightly history and the ring model.
+
+Those modules return `plotly.graph_objects.Figure`s; this turns them into the page's figure dicts,
+escaping every string that came from results (trace names, hover text).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from harness.report.common import esc
+from harness.report.data import ReportData
+from harness.report.sections import Section
+
+
+_KEEP_TAGS = ("<br>", "<extra>", "</extra>")
+
+
+def _plain(value: Any) -> Any:
+    """Arrays as lists and timestamps as text: plain JSON the page and its tests can read."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def _lists(value: Any) -> Any:
+    """Plotly ≥ 6 packs numeric arrays as {dtype, bdata}; unpack them into plain lists."""
+    if isinstance(value, dict):
+        if set(value) >= {"dtype", "bdata"}:
+            import base64
+
+            import numpy as np
+
+            array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+            if "shape" in value:
+                array = array.reshape([int(n) for n in str(value["shape"]).split(",")])
+            return array.tolist()
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_lists(v) for v in value]
+    return value
+
+
+def _escape_template(template: str) -> str:
+    text = esc(template)
+    for tag in _KEEP_TAGS:
+        text = text.replace(esc(tag), tag)
+    return text
+
+
+def adopt(fig: Any) -> dict[str, Any]:
+    """A plotly Figure as the page's figure dict (JSON-safe, strings escaped, no controls)."""
+    spec = _lists(json.loads(json.dumps(fig.to_dict(), default=_plain, allow_nan=True)))
+    for trace in spec.get("data", []):
+        for key in ("name", "legendgroup"):
+            if key in trace:
+                trace[key] = esc(trace[key])
+        if "hovertemplate" in trace:
+            trace["hovertemplate"] = _escape_template(trace["hovertemplate"])
+        if isinstance(trace.get("text"), list):
+            trace["text"] = [_escape_template(str(t)) for t in trace["text"]]
+        trace["meta"] = {}
+    title = spec.get("layout", {}).get("title")
+    if isinstance(title, dict) and "text" in title:
+        title["text"] = esc(title["text"])
+    spec.setdefault("layout", {})["template"] = "plotly_white"
+    spec["controls"] = []
+    return spec
+
+
+def history_section(data: ReportData) -> Section | None:
+    """The nightly history (`harness report --history RESULTS_ROOT`)."""
+    frame = data.extra.get("history")
+    if frame is None or len(frame) == 0:
+        return None
+    from harness.nightly_figures import history_figure
+
+    return Section("history", "History", [adopt(history_figure(frame))],
+                   "Median time per night for every series; red crosses mark nights flagged as a "
+                   "regression (worse than the recent window for consecutive nights).")  # fmt: skip
+
+
+def ring_model_section(data: ReportData) -> Section | None:
+    """The calibrated ring model's max context vs devices, shown when the run has ring rows."""
+    rows = data.rows
+    if rows.empty or not (rows["world_size"] > 1).any():
+        return None
+    from harness.ring_model import ring_model_figure
+
+    return Section("ring_model", "Ring Attention model", [adopt(ring_model_figure())],
+                   "Analytic model (harness/ring_model.py, `harness model ring`): maximum context "
+                   "vs number of devices per device profile; per-device memory is independent "
+                   "of the total length, so the context grows linearly with P.")  # fmt: skip
