@@ -13,7 +13,6 @@ from harness.report.common import esc
 from harness.report.data import ReportData
 from harness.report.sections import Section
 
-
 _KEEP_TAGS = ("<br>", "<extra>", "</extra>")
 
 
