@@ -57,23 +57,29 @@ def blockwise_fwd(
     Query row r sits at position q_offset + r, key column c at position c (causal masks by those).
     """
     _check(causal, block_size, q_offset)
+    acc = acc_dtype(q_bhsd.dtype)
     out_bhsd = torch.empty_like(q_bhsd)
-    lse_bhs = torch.empty(q_bhsd.shape[:-1], dtype=acc_dtype(q_bhsd.dtype), device=q_bhsd.device)
+    lse_bhs = torch.empty(q_bhsd.shape[:-1], dtype=acc, device=q_bhsd.device)
     for rows in query_blocks(q_bhsd.shape[-2], block_size):
-        acc_out: torch.Tensor | None = None
+        # accumulate straight into the output when it has the accumulator's dtype: no extra copy
+        acc_out = out_bhsd[..., rows, :] if out_bhsd.dtype == acc else None
+        acc_lse = lse_bhs[..., rows]
+        first = True
         for cols, diag in key_blocks(rows, k_bhsd.shape[-2], block_size, causal, q_offset):
             o, lse = block_fwd(q_bhsd[..., rows, :], k_bhsd[..., cols, :], v_bhsd[..., cols, :],
                                scale=scale, causal=diag, kernel=kernel)  # fmt: skip
-            if acc_out is None:
-                acc_out, acc_lse = o.to(lse.dtype), lse
+            if first:
+                acc_lse.copy_(lse)
+                acc_out = o.to(acc) if acc_out is None else acc_out.copy_(o)
+                first = False
             else:
                 merge_(acc_out, acc_lse, o, lse)
-        if acc_out is None:  # no key at all: an empty softmax, zero output
+            del o, lse
+        if first:  # no key at all: an empty softmax, zero output
             out_bhsd[..., rows, :] = 0
-            lse_bhs[..., rows] = float("-inf")
-        else:
+            acc_lse.fill_(float("-inf"))
+        elif out_bhsd.dtype != acc:
             out_bhsd[..., rows, :] = acc_out
-            lse_bhs[..., rows] = acc_lse
     return out_bhsd, lse_bhs
 
 

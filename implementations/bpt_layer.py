@@ -1,4 +1,4 @@
-"""The Blockwise Parallel Transformer layer (Liu & Abbeel, arXiv 2305.19370), fused over query blocks.
+"""The Blockwise Parallel Transformer layer (Liu & Abbeel, arXiv 2305.19370), fused per query block.
 
 For each query block: blockwise attention of the block against the keys it may see, then the
 output projection, residual, LN2 and FFN of the same rows, inside one loop, so the full-sequence

@@ -127,4 +127,3 @@ def _grads(tensors: dict[str, torch.Tensor], dout: torch.Tensor, rows: torch.Ten
     out = layer_rows(leaves["x"], params, rows, compute_dtype=dtype, **common)
     grads = torch.autograd.grad(out, list(leaves.values()), dout.to(dtype))
     return dict(zip(leaves, grads, strict=True))
-

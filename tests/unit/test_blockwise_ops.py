@@ -33,8 +33,9 @@ def _qkv(sq: int, sk: int, dtype=torch.float32, seed: int = 0):
 
 
 @pytest.mark.parametrize("kernel", ["auto", "torch"])
-@pytest.mark.parametrize(("sq", "sk", "causal"),
-                         [(33, 33, True), (33, 33, False), (17, 40, False), (40, 40, True)])
+@pytest.mark.parametrize(
+    ("sq", "sk", "causal"), [(33, 33, True), (33, 33, False), (17, 40, False), (40, 40, True)]
+)
 def test_block_fwd_matches_float64(kernel: str, sq: int, sk: int, causal: bool) -> None:
     q, k, v = _qkv(sq, sk)
     out, lse = block_fwd(q, k, v, scale=0.25, causal=causal, kernel=kernel)
@@ -49,9 +50,15 @@ def test_block_fwd_causal_is_top_left_when_not_square() -> None:
     q, k, v = _qkv(5, 9)
     out, lse = block_fwd(q, k, v, scale=0.25, causal=True)
     assert fused_kind(q, 5, 9, causal=True) is None  # non-square causal takes the torch path
-    ref = torch.softmax(
-        ((q.double() @ k.double().transpose(-1, -2)) * 0.25).masked_fill(
-            torch.ones(5, 9, dtype=torch.bool).triu(1), float("-inf")), -1) @ v.double()
+    ref = (
+        torch.softmax(
+            ((q.double() @ k.double().transpose(-1, -2)) * 0.25).masked_fill(
+                torch.ones(5, 9, dtype=torch.bool).triu(1), float("-inf")
+            ),
+            -1,
+        )
+        @ v.double()
+    )
     assert _rel(out, ref) <= FP32_TOL
 
 
@@ -80,13 +87,32 @@ def test_block_bwd_with_merged_out_and_lse_sums_to_full_gradients(kernel: str, c
     o2, l2 = block_fwd(q[..., rows, :], k[..., rows, :], v[..., rows, :], scale=0.25, causal=causal)
     out, lse = merge(o1, l1, o2, l2)
     out = out.to(q.dtype)
-    g1 = block_bwd(dout[..., rows, :], q[..., rows, :], k[..., :cut, :], v[..., :cut, :], out, lse,
-                   scale=0.25, causal=False, kernel=kernel)
-    g2 = block_bwd(dout[..., rows, :], q[..., rows, :], k[..., rows, :], v[..., rows, :], out, lse,
-                   scale=0.25, causal=causal, kernel=kernel)
+    g1 = block_bwd(
+        dout[..., rows, :],
+        q[..., rows, :],
+        k[..., :cut, :],
+        v[..., :cut, :],
+        out,
+        lse,
+        scale=0.25,
+        causal=False,
+        kernel=kernel,
+    )
+    g2 = block_bwd(
+        dout[..., rows, :],
+        q[..., rows, :],
+        k[..., rows, :],
+        v[..., rows, :],
+        out,
+        lse,
+        scale=0.25,
+        causal=causal,
+        kernel=kernel,
+    )
     # only rows [cut, s) took part: compare with the gradients those rows alone give
-    ref_dq, ref_dk, ref_dv = torch.autograd.grad(ref[..., rows, :], leaves,
-                                                 dout[..., rows, :].double())
+    ref_dq, ref_dk, ref_dv = torch.autograd.grad(
+        ref[..., rows, :], leaves, dout[..., rows, :].double()
+    )
     assert _rel(out, ref[..., rows, :].detach()) <= FP32_TOL
     assert _rel(g1[0] + g2[0], ref_dq[..., rows, :]) <= FP32_TOL
     assert _rel(torch.cat([g1[1], g2[1]], -2), ref_dk) <= FP32_TOL
