@@ -48,6 +48,13 @@ def _check(causal: bool, block_size: int, q_offset: int) -> None:
         )
 
 
+def _one_pair(q_bhsd: torch.Tensor, k_bhsd: torch.Tensor, block_size: int, causal: bool,
+              q_offset: int) -> bool:  # fmt: skip
+    """One block of queries and one of keys, aligned on the diagonal when causal."""
+    seq_q, seq_k = q_bhsd.shape[-2], k_bhsd.shape[-2]
+    return seq_q <= block_size and seq_k <= block_size and (not causal or q_offset == 0)
+
+
 def blockwise_fwd(
     q_bhsd: torch.Tensor, k_bhsd: torch.Tensor, v_bhsd: torch.Tensor, *, scale: float,
     causal: bool, block_size: int, q_offset: int = 0, kernel: Kernel = "auto",
@@ -57,6 +64,8 @@ def blockwise_fwd(
     Query row r sits at position q_offset + r, key column c at position c (causal masks by those).
     """
     _check(causal, block_size, q_offset)
+    if _one_pair(q_bhsd, k_bhsd, block_size, causal, q_offset):  # no copy into a new output
+        return block_fwd(q_bhsd, k_bhsd, v_bhsd, scale=scale, causal=causal, kernel=kernel)
     acc = acc_dtype(q_bhsd.dtype)
     out_bhsd = torch.empty_like(q_bhsd)
     lse_bhs = torch.empty(q_bhsd.shape[:-1], dtype=acc, device=q_bhsd.device)
@@ -90,6 +99,9 @@ def blockwise_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """(dq, dk, dv) in the input dtype, accumulated over block pairs in the accumulator dtype."""
     _check(causal, block_size, q_offset)
+    if _one_pair(q_bhsd, k_bhsd, block_size, causal, q_offset):  # no accumulators needed
+        return block_bwd(dout_bhsd, q_bhsd, k_bhsd, v_bhsd, out_bhsd, lse_bhs, scale=scale,
+                         causal=causal, kernel=kernel)  # fmt: skip
     acc = acc_dtype(q_bhsd.dtype)
     dq = torch.zeros(q_bhsd.shape, dtype=acc, device=q_bhsd.device)
     dk = torch.zeros(k_bhsd.shape, dtype=acc, device=k_bhsd.device)
