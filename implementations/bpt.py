@@ -106,7 +106,6 @@ def blockwise_bwd(
     dq = torch.zeros(q_bhsd.shape, dtype=acc, device=q_bhsd.device)
     dk = torch.zeros(k_bhsd.shape, dtype=acc, device=k_bhsd.device)
     dv = torch.zeros(v_bhsd.shape, dtype=acc, device=v_bhsd.device)
-    dout_bhsd = dout_bhsd.contiguous()
     for rows in query_blocks(q_bhsd.shape[-2], block_size):
         for cols, diag in key_blocks(rows, k_bhsd.shape[-2], block_size, causal, q_offset):
             dq_ij, dk_ij, dv_ij = block_bwd(
