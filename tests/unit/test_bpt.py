@@ -118,3 +118,15 @@ def test_bad_arguments_raise_value_errors() -> None:
 def test_registered_in_bhsd_layout() -> None:
     impl = REGISTRY.get("bpt")
     assert impl.layout == "bhsd" and impl.workload == "attention" and impl.supports_backward
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_strided_inputs_and_upstream_gradient(causal: bool) -> None:
+    """The harness hands bhsd views of bshd tensors; nothing may assume contiguity."""
+    qkv, dout = _inputs(75, torch.float32)
+    strided = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (*qkv, dout)]
+    assert not strided[0].is_contiguous()
+    out, grads = _run(bpt_attention, strided[:3], strided[3], causal=causal, block_size=32)
+    ref, ref_grads = _reference(qkv, dout, causal)
+    assert _rel(out, ref) <= FP32_TOL
+    assert all(_rel(g, r) <= FP32_TOL for g, r in zip(grads, ref_grads, strict=True))
