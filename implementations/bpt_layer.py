@@ -27,9 +27,10 @@ def bpt_layer(x_bsh: torch.Tensor, params: dict[str, torch.Tensor], *, causal: b
     seq = x_bsh.shape[1]
     ys = []
     for rows in query_blocks(seq, block_size):
-        keys = slice(0, rows.stop if causal else seq)  # later keys are all masked
-        attn = bpt_attention(q[..., rows, :], k[..., keys, :], v[..., keys, :], causal=causal,
-                             block_size=block_size, q_offset=rows.start)  # fmt: skip
+        # whole k and v, not slices: causal skips the future blocks itself, and a slice's backward
+        # would allocate a full-size zero gradient per query block
+        attn = bpt_attention(q[..., rows, :], k, v, causal=causal, block_size=block_size,
+                             q_offset=rows.start)  # fmt: skip
         x_rows = x_bsh[:, rows]
         ys.append(checkpoint(post_attention, x_rows, attn, params, use_reentrant=False) if grad
                   else post_attention(x_rows, attn, params))  # fmt: skip
