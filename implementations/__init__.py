@@ -3,4 +3,14 @@
 Third-party implementations register through the entry-point group `harness.implementations`.
 """
 
-from implementations import chunked, flash_attn, flex, naive, sdpa, xformers  # noqa: F401
+from implementations import (  # noqa: F401
+    bpt,
+    bpt_layer,
+    chunked,
+    flash_attn,
+    flex,
+    layers,
+    naive,
+    sdpa,
+    xformers,
+)
