@@ -33,7 +33,7 @@ def _unsupported(case: Any, device: str) -> list[str]:
 def _forward(q_bshd: torch.Tensor, k_bshd: torch.Tensor, v_bshd: torch.Tensor, *, causal: bool,
              block_size: int | None = None, layout: str = "contiguous",
              group: Any = None) -> torch.Tensor:  # fmt: skip
-    """The registry's signature; the local block is one fused kernel call, so block_size is unused."""
+    """The registry's signature; each local block is one fused kernel call (block_size unused)."""
     return ring_attention(q_bshd, k_bshd, v_bshd, causal=causal, layout=layout, group=group)
 
 

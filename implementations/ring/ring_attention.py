@@ -144,6 +144,6 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     if causal and layout == "zigzag" and world > 1 and q.shape[1] % 2:
         raise ValueError(f"zigzag needs an even local length (two chunks); got {q.shape[1]}")
     scale = 1.0 / math.sqrt(q.shape[-1])
-    out = RingAttention.apply(q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous(),
-                              v.transpose(1, 2).contiguous(), causal, layout, scale, group)  # fmt: skip
+    q_bhsd, k_bhsd, v_bhsd = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+    out = RingAttention.apply(q_bhsd, k_bhsd, v_bhsd, causal, layout, scale, group)
     return out.transpose(1, 2)

@@ -45,8 +45,9 @@ def single_device_errors() -> dict[str, float]:
 def test_ring_matches_float64_on_gloo(world, tmp_path, single_device_errors):
     out_path = tmp_path / "errors.json"
     # fork: the ranks start in milliseconds instead of importing torch again (they use 1 thread)
-    mp.start_processes(run_rank, args=(world, _free_port(), str(out_path)), nprocs=world,
-                       start_method="fork")
+    mp.start_processes(
+        run_rank, args=(world, _free_port(), str(out_path)), nprocs=world, start_method="fork"
+    )
     errors = json.loads(out_path.read_text())
     assert len(errors) == 2 * len(LAYOUTS) * 4
     for key, err in errors.items():
