@@ -68,8 +68,8 @@ def run_ranks(task: Any) -> dict[str, Any]:
                 pass
             for r, p in enumerate(procs):
                 if p.exitcode not in (None, 0):
-                    return {"status": "error", "reason": f"rank {r} of {world} died (exit code "
-                                                         f"{p.exitcode}); other ranks killed"}  # fmt: skip
+                    reason = f"rank {r} of {world} died (exit code {p.exitcode}); others killed"
+                    return {"status": "error", "reason": reason}
     finally:
         for p in procs:
             p.join(timeout=2.0)
@@ -215,7 +215,8 @@ def _measure_rank(task: Any, rank: int, world: int) -> dict[str, Any]:
         observed_ms = _timed_ms(fn, device)
     comm_ms = _replay_ms(rec.sent, device) if rec.sent else 0.0
     mine = {"samples": samples, "peak": mem.above_baseline_bytes, "sent": rec.sent,
-            "exposed_ms": rec.wait_s * 1e3, "comm_ms": comm_ms, "observed_ms": observed_ms}  # fmt: skip
+            "exposed_ms": rec.wait_s * 1e3, "comm_ms": comm_ms,
+            "observed_ms": observed_ms}  # fmt: skip
     everyone: list[Any] = [None] * world
     dist.all_gather_object(everyone, mine)
     if rank != 0:

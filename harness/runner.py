@@ -12,7 +12,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,10 +155,8 @@ def _kill_group(pid: int | None) -> None:
     """Kill the worker's process group (the worker calls setsid, so its pgid is its pid)."""
     if pid is None:
         return
-    try:
+    with suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 ProgressFn = Callable[[int, int, Task, dict[str, Any] | None], None]

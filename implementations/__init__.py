@@ -3,4 +3,4 @@
 Third-party implementations register through the entry-point group `harness.implementations`.
 """
 
-from implementations import bpt, chunked, naive, ring, sdpa  # noqa: F401
+from implementations import bpt, bpt_layer, chunked, layers, naive, ring, sdpa  # noqa: F401
