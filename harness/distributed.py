@@ -143,7 +143,8 @@ def _samples(fn, task: Any) -> list[float]:
     while go.item():
         samples.append(_timed_ms(fn, task.device))
         more = len(samples) < t["repeats"] and not (
-            len(samples) >= t["min_repeats"] and time.perf_counter() - started > t["max_time_s"])
+            len(samples) >= t["min_repeats"] and time.perf_counter() - started > t["max_time_s"]
+        )
         go.fill_(float(more))
         dist.broadcast(go, src=0)  # gloo object: CPU tensor; NCCL needs the device
     return samples
