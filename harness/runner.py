@@ -12,7 +12,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,7 +96,7 @@ class WorkerPool:
         with _worker_env():
             proc = self._ctx.Process(
                 target=worker_main, args=(child, self.device, self.memory_budget_bytes,
-                                          self.threads), daemon=True,
+                                          self.threads), daemon=False,  # ranks are children
             )  # fmt: skip
             proc.start()
         child.close()
@@ -129,11 +129,13 @@ class WorkerPool:
             how = (f"signal {signal.Signals(-code).name}" if code is not None and code < 0
                    else f"exit code {code}")  # fmt: skip
             row.update(status="error", reason=f"worker process died ({how})")
+            _kill_group(worker.process.pid)  # rank processes it may have left behind
             self._worker = None
         return row
 
     def _kill(self) -> None:
         if self._worker is not None:
+            _kill_group(self._worker.process.pid)
             self._worker.process.kill()
             self._worker.process.join(timeout=5)
             self._worker.conn.close()
@@ -147,6 +149,14 @@ class WorkerPool:
             except (BrokenPipeError, OSError):
                 pass
         self._kill()
+
+
+def _kill_group(pid: int | None) -> None:
+    """Kill the worker's process group (the worker calls setsid, so its pgid is its pid)."""
+    if pid is None:
+        return
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 ProgressFn = Callable[[int, int, Task, dict[str, Any] | None], None]

@@ -151,6 +151,10 @@ def _errors(task: Task, state: _CaseCache, out: torch.Tensor, grads) -> dict[str
 
 def _measure(task: Task) -> dict[str, Any]:
     _check_runnable(task)
+    if task.case.world_size > 1:
+        from harness.distributed import run_ranks
+
+        return run_ranks(task)
     impl = REGISTRY.get(task.impl)
     workload = get_workload(task.case.workload)
     state = _case_state(task)
@@ -236,6 +240,7 @@ def apply_limits(device: str, memory_budget_bytes: int | None, threads: int | No
 def worker_main(conn: Any, device: str, memory_budget_bytes: int | None,
                 threads: int | None) -> None:  # fmt: skip
     """Process entry point: receive tasks, send rows, until told to stop (None)."""
+    os.setsid()  # its own process group: the runner can kill it with any rank processes it starts
     apply_limits(device, memory_budget_bytes, threads)
     REGISTRY.all()  # load plugins once, before the first timed task
     conn.send(("ready", os.getpid()))

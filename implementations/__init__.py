@@ -11,6 +11,7 @@ from implementations import (  # noqa: F401
     flex,
     layers,
     naive,
+    ring,
     sdpa,
     xformers,
 )
