@@ -176,6 +176,8 @@ def model_ring(
     seq_len: int = typer.Option(None, "--seq-len", help="time this length (default: max context)"),
     calibrate: Path = typer.Option(None, "--calibrate", help="a ring run dir to validate against"),
     json_path: Path = typer.Option(None, "--json", help="write the tables here as JSON"),
+    stat: str = typer.Option("median", "--stat", help="with --calibrate: median or p20 times"),
+    fit_slots: bool = typer.Option(False, "--fit-slots", help="fit concurrent compute on P = 2"),
 ) -> None:
     """Ring Attention's per-step time, overlap, memory and max context for P = 1..max-p."""
     from harness.ring_cli import model_ring_command
@@ -183,7 +185,7 @@ def model_ring(
     try:
         model_ring_command(out, profile=profile, model=model, phase=phase, causal=causal,
                            max_p=max_p, seq_len=seq_len, calibrate=calibrate,
-                           json_path=json_path)  # fmt: skip
+                           json_path=json_path, stat=stat, fit_slots=fit_slots)  # fmt: skip
     except HarnessError as exc:
         _fail(str(exc))
 

@@ -26,7 +26,8 @@ def _ms(seconds: float) -> str:
 
 def model_ring_command(out: Console, *, profile: str, model: str, phase: str, causal: bool,
                        max_p: int, seq_len: int | None, calibrate: Path | None,
-                       json_path: Path | None) -> None:  # fmt: skip
+                       json_path: Path | None, stat: str = "median",
+                       fit_slots: bool = False) -> None:  # fmt: skip
     """Print the P table (and, with `calibrate`, predicted vs measured); errors are ModelError."""
     if model not in MODELS:
         raise ModelError(f"unknown model {model!r}; allowed: {', '.join(MODELS)}")
@@ -53,28 +54,33 @@ def model_ring_command(out: Console, *, profile: str, model: str, phase: str, ca
     report: dict[str, Any] = {"profile": prof.model_dump(), "workload": w.model_dump(),
                               "table": rows}  # fmt: skip
     if calibrate is not None:
-        report.update(_print_validation(out, calibrate))
+        report.update(_print_validation(out, calibrate, stat, fit_slots))
     if json_path is not None:
         json_path.write_text(json.dumps(report, indent=2, default=float))
 
 
-def _print_validation(out: Console, run_dir: Path) -> dict[str, Any]:
+def _print_validation(out: Console, run_dir: Path, stat: str,
+                      fit_slots: bool) -> dict[str, Any]:  # fmt: skip
     from harness.ring_calibration import validate
 
-    prof, recs = validate(run_dir)
+    prof, recs = validate(run_dir, stat, fit_slots)
     t = Table(title=f"calibrated on {run_dir}: link {prof.link_bytes_per_s / 1e9:.3g} GB/s, "
                     f"latency {prof.link_latency_s * 1e3:.3g} ms, "
-                    f"{prof.flops / 1e9:.3g} GFLOP/s a rank")  # fmt: skip
-    for col in ("P", "seq", "mask", "phase", "measured ms", "predicted ms", "error %",
+                    f"{prof.flops / 1e9:.3g} GFLOP/s a rank, compute slots "
+                    f"{prof.compute_slots or 'unlimited'}")  # fmt: skip
+    for col in ("P", "seq", "mask", "phase", f"measured {stat} ms", "predicted ms", "error %",
                 "comm ms meas/pred"):  # fmt: skip
         t.add_column(col, justify="right")
     for r in recs:
-        t.add_row(str(r["world_size"]), str(r["seq_len"]), "causal" if r["causal"] else "full",
+        fitted = " (fit)" if r.get("in_sample") else ""
+        t.add_row(str(r["world_size"]) + fitted, str(r["seq_len"]),
+                  "causal" if r["causal"] else "full",
                   r["phase"], f"{r['measured_ms']:.1f}", f"{r['predicted_ms']:.1f}",
                   f"{r['error_pct']:+.0f}",
                   f"{r['measured_comm_ms']:.1f}/{r['predicted_comm_ms']:.1f}")  # fmt: skip
     out.print(t)
-    within = sum(abs(r["error_pct"]) <= 25 for r in recs)
-    out.print(f"{within} of {len(recs)} predictions within 25% of the measured median",
+    held = [r for r in recs if not r.get("in_sample")]
+    within = sum(abs(r["error_pct"]) <= 25 for r in held)
+    out.print(f"{within} of {len(held)} out-of-sample predictions within 25% of measured {stat}",
               highlight=False)  # fmt: skip
     return {"calibrated_profile": prof.model_dump(), "validation": recs}

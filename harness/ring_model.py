@@ -60,7 +60,7 @@ class DeviceProfile(_Strict):
     link_bytes_per_s: PositiveFloat = Field(description="one-way bandwidth to the next rank")
     link_latency_s: float = Field(default=0.0, ge=0)
     memory_bytes: PositiveFloat
-    compute_slots: PositiveInt | None = Field(
+    compute_slots: PositiveFloat | None = Field(
         default=None, description="ranks that compute at full speed at once (CPU cores); None: one "
         "device per rank")  # fmt: skip
     source: str = ""
@@ -339,7 +339,8 @@ def ring_model_figure(profiles: list[DeviceProfile] | None = None, workload: Wor
     fig = go.Figure()
     for prof in profiles or list(PROFILES.values()):
         ps = world_sizes(max_p)
-        fig.add_trace(go.Scatter(x=ps, y=[max_context(prof, w, p) for p in ps],
+        ys = [max_context(prof, w, p) or None for p in ps]  # 0 (does not fit) has no log
+        fig.add_trace(go.Scatter(x=ps, y=ys,
                                  mode="lines+markers", name=prof.name))  # fmt: skip
     fig.update_layout(
         title=f"Ring Attention: max context vs devices ({w.num_params / 1e9:.3g}B params, "

@@ -121,13 +121,11 @@ def test_seven_b_on_eight_a100_is_near_the_papers_256k() -> None:
     assert 200_000 <= s <= 320_000  # arXiv 2310.01889 Table 3: 256k
 
 
-def test_calibration_recovers_known_parameters(tmp_path) -> None:
-    bw, lat, heads, d = 2e9, 3e-4, 4, 64
-    run = RunDir.create(tmp_path / "run", {"run_id": "x", "provenance": {"num_cpus": 8}}, {})
+def _synthetic_run(path, true: DeviceProfile, heads: int = 4, d: int = 64) -> RunDir:
+    """P = 1 rows at two local lengths and P = 2, 3, 4 rows priced by `true`."""
+    run = RunDir.create(path, {"run_id": "x", "provenance": {"num_cpus": 8}}, {})
     shape = {"impl": "ring", "workload": "attention", "batch": 1, "num_heads": heads,
              "head_dim": d, "dtype": "float32", "layout": "zigzag", "status": "ok"}  # fmt: skip
-    true = DeviceProfile(name="t", peak_flops=1e11, link_bytes_per_s=bw, link_latency_s=lat,
-                         memory_bytes=1e10)  # fmt: skip
     for n in (512, 1024):  # two local lengths, so bytes and exchange counts are not collinear
         f_block, b_block = 0.010 * (n / 512) ** 2, 0.025 * (n / 512) ** 2
         for phase, t in (("fwd", f_block), ("fwd_bwd", f_block + b_block)):
@@ -142,6 +140,14 @@ def test_calibration_recovers_known_parameters(tmp_path) -> None:
                         "seq_len": p * n, "causal": False, "time_ms_median": pred.total_s * 1e3,
                         "comm_ms": pred.comm_total_s * 1e3, "num_exchanges": p - 1,
                         "bytes_sent_per_rank": [kv * (p - 1)] * p})  # fmt: skip
+    return run
+
+
+def test_calibration_recovers_known_parameters(tmp_path) -> None:
+    bw, lat, heads, d = 2e9, 3e-4, 4, 64
+    true = DeviceProfile(name="t", peak_flops=1e11, link_bytes_per_s=bw, link_latency_s=lat,
+                         memory_bytes=1e10)  # fmt: skip
+    run = _synthetic_run(tmp_path / "run", true)
     got_bw, got_lat = fit_link(run.rows())
     assert got_bw == pytest.approx(bw, rel=1e-6) and got_lat == pytest.approx(lat, rel=1e-6)
     prof, recs = validate(run.path)
@@ -153,6 +159,18 @@ def test_calibration_recovers_known_parameters(tmp_path) -> None:
     blocks = BlockTimes(local_len=512, fwd_full_s=0.010)
     slow_s, true_s = (predict(x, w, 4, 2048, blocks).total_s for x in (slow, true))
     assert slow_s > 1.1 * true_s
+
+
+def test_fit_slots_recovers_a_machine_with_one_effective_core(tmp_path) -> None:
+    true = DeviceProfile(name="t", peak_flops=1e11, link_bytes_per_s=2e9, link_latency_s=1e-4,
+                         memory_bytes=1e10, compute_slots=1.0)  # fmt: skip
+    run = _synthetic_run(tmp_path / "run", true)
+    _, naive = validate(run.path)  # assumes the run's 8 cores: too fast from P = 2 on
+    assert all(r["error_pct"] < -20 for r in naive)
+    prof, recs = validate(run.path, fit_slots=True)
+    assert prof.compute_slots == pytest.approx(1.0)
+    assert all(abs(r["error_pct"]) < 1e-6 for r in recs)
+    assert {r["world_size"] for r in recs if r["in_sample"]} == {2}
 
 
 def test_calibration_without_multi_rank_rows_is_a_model_error(tmp_path) -> None:
