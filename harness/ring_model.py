@@ -87,11 +87,12 @@ PROFILES: dict[str, DeviceProfile] = {p.name: p for p in [
         source="H100 SXM 80GB: 989 TFLOP/s dense bf16, NVLink 900 GB/s both directions "
                "(450 one way); ANCHORS.md / NVIDIA datasheet"),
     DeviceProfile(
-        name="cpu-gloo", peak_flops=157e9, achieved_fraction=0.25, link_bytes_per_s=1.5 * GB,
-        link_latency_s=1e-4, memory_bytes=24 * 2**30, compute_slots=2,
-        source="this 2-core EPYC Zen3 (ANCHORS: ~157 GFLOP/s fp32 peak); one thread per rank, gloo "
-               "over loopback TCP; achieved fraction, bandwidth and latency from a ring_model_"
-               "validation run (see `harness model ring --calibrate`)"),
+        name="cpu-gloo", peak_flops=157e9, achieved_fraction=0.33, link_bytes_per_s=0.86 * GB,
+        link_latency_s=2.5e-3, memory_bytes=24 * 2**30, compute_slots=2,
+        source="this 2-core VM (ANCHORS: ~157 GFLOP/s fp32 peak); one thread per rank, gloo over "
+               "loopback; 51 GFLOP/s a rank, 0.86 GB/s and 2.5 ms fitted by `harness model ring "
+               "--calibrate` on a ring_model_validation run (shared, loaded machine); see "
+               "--fit-slots for its effective concurrency"),
 ]}  # fmt: skip
 
 
