@@ -25,6 +25,7 @@ for _key, _module in (
 ):
     register_section(_key, _module.build)
 register_section("history", adopted.history_section)
+register_section("ring_model", adopted.ring_model_section, before="comparison")
 
 __all__ = ["SECTIONS", "ReportData", "Section", "register_section", "render_report",
            "write_report"]  # fmt: skip

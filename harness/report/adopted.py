@@ -61,7 +61,7 @@ def adopt(fig: Any) -> dict[str, Any]:
             trace["hovertemplate"] = _escape_template(trace["hovertemplate"])
         if isinstance(trace.get("text"), list):
             trace["text"] = [_escape_template(str(t)) for t in trace["text"]]
-        trace["meta"] = {}
+        trace["meta"] = {"role": "line" if "lines" in trace.get("mode", "lines") else "flag"}
     title = spec.get("layout", {}).get("title")
     if isinstance(title, dict) and "text" in title:
         title["text"] = esc(title["text"])
