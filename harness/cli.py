@@ -130,7 +130,10 @@ def run(
     except HarnessError as exc:
         _fail(str(exc))
     err.print(f"run directory: {run_dir.path}", highlight=False, markup=False)
-    rows = run_tasks(suite, tasks, run_dir, progress=_progress_printer(len(tasks)))
+    try:
+        rows = run_tasks(suite, tasks, run_dir, progress=_progress_printer(len(tasks)))
+    except HarnessError as exc:
+        _fail(str(exc), code=1)
     counts: dict[str, int] = {}
     for row in run_dir.rows():
         counts[row["status"]] = counts.get(row["status"], 0) + 1

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from harness.errors import SuiteError
+from harness.errors import HarnessError, SuiteError
 from harness.measure.memory import MALLOC_ENV
 from harness.results import RunDir
 from harness.suite import Suite
@@ -100,10 +100,15 @@ class WorkerPool:
             )  # fmt: skip
             proc.start()
         child.close()
-        if not parent.poll(_START_TIMEOUT_S):
+        try:
+            if not parent.poll(_START_TIMEOUT_S):
+                raise EOFError
+            parent.recv()
+        except (EOFError, OSError):
             proc.kill()
-            raise RuntimeError("the worker process did not start")
-        parent.recv()
+            proc.join(timeout=5)
+            raise HarnessError(f"the worker process failed to start (exit code {proc.exitcode}); "
+                               "run a task in the foreground to see why") from None
         return _Worker(proc, parent)
 
     def run(self, task: Task, timeout_s: float) -> dict[str, Any]:

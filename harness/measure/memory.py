@@ -5,6 +5,9 @@ device-level usage where pynvml is importable, since NCCL buffers bypass the all
 CPU: the kernel's resident-set high-water mark (VmHWM), reset through /proc/self/clear_refs before
 the call. tracemalloc cannot see tensor storage, so it is never used. The worker runs with glibc's
 mmap threshold lowered so freed tensors go back to the kernel at once and RSS tracks live tensors.
+The price: every large CPU allocation is fresh, page-faulted memory in timed calls too, as in a
+cold allocator (switching thresholds at run time with mallopt + malloc_trim was tried and gave
+peak readings that varied up to 3× between identical runs, so we keep the stable readings).
 """
 
 from __future__ import annotations
