@@ -11,7 +11,7 @@ import resource
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -43,6 +43,9 @@ class Task:
     timing: dict[str, Any]
     accuracy: dict[str, Any]
     skip_reason: str | None = None
+    # "all" in one process; on CPU the runner splits a task into a "time" pass (ordinary malloc)
+    # and a "memory" pass (a worker whose malloc returns memory at once), see runner.py.
+    measure: Literal["all", "time", "memory"] = "all"
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -167,36 +170,42 @@ def _measure(task: Task) -> dict[str, Any]:
         state.dout = torch.randn(shape, generator=gen).to(state.inputs.tensors[
             next(iter(state.inputs.tensors))].dtype).to(task.device)  # fmt: skip
     bound = workload.bind(impl, task.case, state.inputs, requires_grad=needs_grad)
-    out, grads = run_once_for_check(task.phase, bound, state.dout)
-    row: dict[str, Any] = _errors(task, state, out, grads)
-    del out, grads
+    row: dict[str, Any] = {"status": "ok", "reason": "", "label": impl.label,
+                           "input_bytes": state.inputs.nbytes}  # fmt: skip
+    if task.measure != "memory":
+        out, grads = run_once_for_check(task.phase, bound, state.dout)
+        row.update(_errors(task, state, out, grads))
+        del out, grads
 
     live_before_graph = live_bytes(task.device)
     fn = make_phase(task.phase, bound, state.dout)
     graph_bytes = max(0, live_bytes(task.device) - live_before_graph) if task.phase == "bwd" else 0
     t = task.timing
-    for _ in range(t["warmup"]):
+    for _ in range(t["warmup"] if task.measure != "memory" else 1):
         fn()
-    mem = measure_peak(fn, task.device)
-    samples = time_samples_ms(fn, device=task.device, warmup=0, repeats=t["repeats"],
-                              min_repeats=t["min_repeats"], max_time_s=t["max_time_s"])  # fmt: skip
-    del fn
-    summary = summarize_ms(samples)
-    flops = case_flops(task.case, task.phase)
-    tokens = task.case.batch * task.case.seq_len
-    above = None if mem.above_baseline_bytes is None else mem.above_baseline_bytes + graph_bytes
-    row.update(summary)
-    row.update({
-        "status": "ok", "reason": "", "label": impl.label, "num_samples": len(samples),
-        "time_samples_ms": samples, "flops": flops,
-        "tflops": flops / (summary["time_ms_median"] * 1e-3) / 1e12,
-        "tokens_per_s": tokens / (summary["time_ms_median"] * 1e-3),
-        "peak_mem_above_inputs_bytes": above,
-        "peak_mem_bytes": None if above is None else above + state.inputs.nbytes,
-        "input_bytes": state.inputs.nbytes, "mem_method": mem.method,
-        "cuda_reserved_bytes": mem.cuda_reserved_bytes,
-        "device_used_bytes": mem.device_used_bytes,
-    })  # fmt: skip
+    if task.measure != "time":
+        mem = measure_peak(fn, task.device)
+        above = None if mem.above_baseline_bytes is None else mem.above_baseline_bytes + graph_bytes
+        row.update({
+            "peak_mem_above_inputs_bytes": above,
+            "peak_mem_bytes": None if above is None else above + state.inputs.nbytes,
+            "mem_method": mem.method, "cuda_reserved_bytes": mem.cuda_reserved_bytes,
+            "device_used_bytes": mem.device_used_bytes,
+        })  # fmt: skip
+    if task.measure != "memory":
+        samples = time_samples_ms(
+            fn, device=task.device, warmup=0, repeats=t["repeats"],
+            min_repeats=t["min_repeats"], max_time_s=t["max_time_s"],
+        )  # fmt: skip
+        summary = summarize_ms(samples)
+        flops = case_flops(task.case, task.phase)
+        tokens = task.case.batch * task.case.seq_len
+        row.update(summary)
+        row.update({
+            "num_samples": len(samples), "time_samples_ms": samples, "flops": flops,
+            "tflops": flops / (summary["time_ms_median"] * 1e-3) / 1e12,
+            "tokens_per_s": tokens / (summary["time_ms_median"] * 1e-3),
+        })  # fmt: skip
     return row
 
 
