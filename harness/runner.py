@@ -7,7 +7,9 @@ On CPU each task runs in two workers: a timing worker with ordinary glibc malloc
 worker spawned with glibc settings that return freed blocks to the kernel at once, so its peak RSS
 tracks live tensors. One process cannot do both: those settings make every large allocation a
 fresh page-faulted mmap, which slows implementations that allocate per block by ~25% (measured on
-bpt), and switching them at run time gave unstable peaks.
+bpt), and switching them at run time gave unstable peaks. The timing worker's malloc thresholds
+are fixed too (TIMING_MALLOC_ENV): glibc's default dynamic threshold depends on the allocation
+history, which made the same case's time differ by up to 1.9× between two runs.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from typing import Any
 import torch
 
 from harness.errors import HarnessError, SuiteError
-from harness.measure.memory import MALLOC_ENV
+from harness.measure.memory import MALLOC_ENV, TIMING_MALLOC_ENV
 from harness.results import RunDir
 from harness.suite import Suite
 from harness.worker import Task, base_row, worker_main
@@ -67,9 +69,9 @@ def plan(suite: Suite, device: str, *, impls: Iterable[str] | None = None,
 
 
 @contextmanager
-def _worker_env():
-    saved = {k: os.environ.get(k) for k in MALLOC_ENV}
-    os.environ.update(MALLOC_ENV)
+def _worker_env(env: dict[str, str]):
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         yield
     finally:
@@ -100,7 +102,7 @@ class WorkerPool:
 
     def _start(self) -> _Worker:
         parent, child = self._ctx.Pipe()
-        with _worker_env() if self.tight_malloc else nullcontext():
+        with _worker_env(MALLOC_ENV if self.tight_malloc else TIMING_MALLOC_ENV):
             proc = self._ctx.Process(
                 target=worker_main, args=(child, self.device, self.memory_budget_bytes,
                                           self.threads), daemon=False,  # ranks are children

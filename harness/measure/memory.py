@@ -27,6 +27,14 @@ _CLEAR_REFS = Path("/proc/self/clear_refs")
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0",
               "MALLOC_ARENA_MAX": "2"}  # fmt: skip
 
+# The timing worker: fixed thresholds at the top of glibc's dynamic range (32 MiB mmap threshold,
+# freed heap kept), so whether a block is page-faulted fresh does not depend on history.
+TIMING_MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+    "MALLOC_ARENA_MAX": "2",
+}
+
 
 @dataclass(frozen=True)
 class PeakMemory:
