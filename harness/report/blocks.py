@@ -12,14 +12,8 @@ import pandas as pd
 
 from harness.report import models
 from harness.report.common import (
-    FigureSpec,
-    case_text,
-    floats,
-    grouped,
-    impl_colors,
-    line_styles,
+    metric_panels,
     slice_options,
-    template,
     with_lines_and_slices,
 )  # fmt: skip
 from harness.report.data import ReportData
@@ -42,26 +36,15 @@ def block_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
     sel, slice_axes = block_rows(rows)
     if sel.empty:
         return None
-    styles = line_styles(sel, impl_colors(rows["impl"].tolist()))
-    spec = FigureSpec("Block-size trade-off", 440)
-    spec.grid([[label for _, label in PANELS]], xtitle="block size", hgap=0.08)
-    sel = sel.sort_values("block_size", kind="stable")
-    sel = sel.assign(text=case_text(sel))
-    columns = ["block_size", "phase", "text", *(m for m, _ in PANELS)]
-    for (name, slice_), g in grouped(sel, ["series", "slice"], columns):
-        style = styles[name]
-        for col, (metric, label) in enumerate(PANELS, start=1):
-            has = ~pd.isna(g[metric])
-            if not has.any():
-                continue
-            spec.add({
-                "x": g["block_size"][has].tolist(), "y": floats(g[metric][has]),
-                "mode": "lines+markers", "name": name, "legendgroup": name, "marker": {"size": 7},
-                "line": {"color": style["color"], "dash": style["dash"], "width": 2},
-                "text": g["text"][has].tolist(),
-                "hovertemplate": template(f"{name} · {g['phase'][0]}", [(label, "%{y:.4g}")]),
-                "meta": {"series": name, "metric": metric},
-            }, 1, col, controls={"slice": slice_}, legend_key=name)  # fmt: skip
+    spec, sel = metric_panels(
+        rows,
+        sel,
+        x="block_size",
+        title="Block-size trade-off",
+        xtitle="block size",
+        panels=PANELS,
+        hgap=0.08,
+    )
     sizes = sorted(sel["block_size"].unique().tolist())
     spec.update_axes("x", tickvals=sizes, ticktext=[str(int(s)) for s in sizes])
     spec.layout["yaxis2"].update(tickformat=".2s", title={"text": "bytes"})

@@ -283,3 +283,34 @@ def phase_options(frame: pd.DataFrame) -> list[dict[str, Any]]:
 def slice_options(frame: pd.DataFrame) -> list[dict[str, Any]]:
     pairs = sorted(set(zip(frame["slice_label"], frame["slice"], strict=True)))
     return [{"value": code, "label": label} for label, code in pairs]
+
+
+def metric_panels(
+    rows: Any, sel: Any, *, x: str, title: str, xtitle: str,
+    panels: tuple[tuple[str, str], ...], hgap: float,
+) -> tuple[FigureSpec, Any]:  # fmt: skip
+    """One panel per (metric, label), one line per series against `x`; returns the spec and the
+    sorted selection (for the caller's axes and controls)."""
+    import pandas as pd
+
+    styles = line_styles(sel, impl_colors(rows["impl"].tolist()))
+    spec = FigureSpec(title, 440)
+    spec.grid([[label for _, label in panels]], xtitle=xtitle, hgap=hgap)
+    sel = sel.sort_values(x, kind="stable")
+    sel = sel.assign(text=case_text(sel))
+    columns = [x, "phase", "text", *(m for m, _ in panels)]
+    for (name, slice_), g in grouped(sel, ["series", "slice"], columns):
+        style = styles[name]
+        for col, (metric, label) in enumerate(panels, start=1):
+            has = ~pd.isna(g[metric])
+            if not has.any():
+                continue
+            spec.add({
+                "x": g[x][has].tolist(), "y": floats(g[metric][has]),
+                "mode": "lines+markers", "name": name, "legendgroup": name, "marker": {"size": 7},
+                "line": {"color": style["color"], "dash": style["dash"], "width": 2},
+                "text": g["text"][has].tolist(),
+                "hovertemplate": template(f"{name} · {g['phase'][0]}", [(label, "%{y:.4g}")]),
+                "meta": {"series": name, "metric": metric},
+            }, 1, col, controls={"slice": slice_}, legend_key=name)  # fmt: skip
+    return spec, sel

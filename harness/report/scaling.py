@@ -11,14 +11,8 @@ from typing import Any
 import pandas as pd
 
 from harness.report.common import (
-    FigureSpec,
-    case_text,
-    floats,
-    grouped,
-    impl_colors,
-    line_styles,
+    metric_panels,
     slice_options,
-    template,
     with_lines_and_slices,
 )  # fmt: skip
 from harness.report.data import ReportData
@@ -54,26 +48,15 @@ def scaling_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
     sel, slice_axes = scaling_rows(rows)
     if sel.empty:
         return None
-    styles = line_styles(sel, impl_colors(rows["impl"].tolist()))
-    spec = FigureSpec("Scaling with the number of devices", 440)
-    spec.grid([[label for _, label in PANELS]], xtitle="devices (P)", hgap=0.07)
-    sel = sel.sort_values("world_size", kind="stable")
-    sel = sel.assign(text=case_text(sel))
-    columns = ["world_size", "phase", "text", *(m for m, _ in PANELS)]
-    for (name, slice_), g in grouped(sel, ["series", "slice"], columns):
-        style = styles[name]
-        for col, (metric, label) in enumerate(PANELS, start=1):
-            has = ~pd.isna(g[metric])
-            if not has.any():
-                continue
-            spec.add({
-                "x": g["world_size"][has].tolist(), "y": floats(g[metric][has]),
-                "mode": "lines+markers", "name": name, "legendgroup": name, "marker": {"size": 7},
-                "line": {"color": style["color"], "dash": style["dash"], "width": 2},
-                "text": g["text"][has].tolist(),
-                "hovertemplate": template(f"{name} · {g['phase'][0]}", [(label, "%{y:.4g}")]),
-                "meta": {"series": name, "metric": metric},
-            }, 1, col, controls={"slice": slice_}, legend_key=name)  # fmt: skip
+    spec, sel = metric_panels(
+        rows,
+        sel,
+        x="world_size",
+        title="Scaling with the number of devices",
+        xtitle="devices (P)",
+        panels=PANELS,
+        hgap=0.07,
+    )
     sizes = sorted(sel["world_size"].unique().tolist())
     spec.add({"x": [sizes[0], sizes[-1]], "y": [1.0, 1.0], "mode": "lines", "name": "ideal",
               "line": {"color": "#888", "dash": "dot", "width": 1}, "hoverinfo": "skip"},
