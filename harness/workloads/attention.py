@@ -13,9 +13,8 @@ import math
 import torch
 
 from harness.case import Case
-from harness.measure.error import rel_l2
 from harness.registry import Impl
-from harness.workloads.base import Bound, Inputs, Reference
+from harness.workloads.base import Bound, Inputs, Reference, sampled_reference
 
 # Legend: q_bshd (batch, seq, heads, head_dim), q_bhsd (batch, heads, seq, head_dim).
 
@@ -92,33 +91,17 @@ class AttentionWorkload:
         chunk_rows: int, grad_max_seq: int,
     ) -> Reference:  # fmt: skip
         q, k, v = (inputs.tensors[n].detach().cpu() for n in ("q", "k", "v"))
-        seq = case.seq_len
-        sampled = seq > max_rows
-        if sampled:
-            gen = torch.Generator().manual_seed(12345)
-            rows = torch.randperm(seq, generator=gen)[:max_rows].sort().values
-        else:
-            rows = torch.arange(seq)
-        ref = rows_attention(q, k, v, rows, causal=case.causal, compute_dtype=torch.float64,
-                             chunk_rows=chunk_rows)  # fmt: skip
-        naive = rows_attention(q, k, v, rows, causal=case.causal, compute_dtype=q.dtype,
-                               chunk_rows=chunk_rows)  # fmt: skip
-        result = Reference(out=ref, rows=rows if sampled else None, grads=None,
-                           naive_out_rel_l2=rel_l2(naive, ref))  # fmt: skip
-        if sampled:
-            result.note = f"output error on {rows.numel()} of {seq} query rows (seeded sample)"
-        if dout is None:
-            return result
-        if seq > grad_max_seq:
-            result.note = (result.note + "; " if result.note else "") + (
-                f"no gradient reference above seq_len {grad_max_seq}"
-            )
-            return result
-        result.grads = _grads(q, k, v, dout.cpu(), case.causal, torch.float64)
-        naive_grads = _grads(q, k, v, dout.cpu(), case.causal, q.dtype)
-        result.naive_grad_rel_l2 = {n: rel_l2(naive_grads[n], result.grads[n])
-                                    for n in result.grads}  # fmt: skip
-        return result
+        return sampled_reference(
+            case.seq_len,
+            q.dtype,
+            dout,
+            max_rows=max_rows,
+            grad_max_seq=grad_max_seq,
+            rows_fn=lambda rows, dtype: rows_attention(
+                q, k, v, rows, causal=case.causal, compute_dtype=dtype, chunk_rows=chunk_rows
+            ),
+            grads_fn=lambda dtype: _grads(q, k, v, dout.cpu(), case.causal, dtype),
+        )
 
     def select_rows(self, out: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         out = out.detach()

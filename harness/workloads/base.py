@@ -60,3 +60,37 @@ class Workload(Protocol):
     ) -> Reference: ...  # fmt: skip
 
     def select_rows(self, out: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor: ...
+
+
+def sampled_reference(
+    seq: int, low_dtype: torch.dtype, dout: torch.Tensor | None, *, max_rows: int,
+    grad_max_seq: int, rows_fn: Callable[[torch.Tensor, torch.dtype], torch.Tensor],
+    grads_fn: Callable[[torch.dtype], dict[str, torch.Tensor]],
+) -> Reference:  # fmt: skip
+    """The reference procedure every workload shares.
+
+    Output rows come from `rows_fn(rows, dtype)`, in float64 and in the case's own dtype (the
+    naive-same-precision yardstick); beyond `max_rows` rows a seeded sample is used. Gradients
+    (`grads_fn(dtype)`) need every row, so they are computed only up to `grad_max_seq`.
+    """
+    from harness.measure.error import rel_l2
+
+    sampled = seq > max_rows
+    if sampled:
+        gen = torch.Generator().manual_seed(12345)
+        rows = torch.randperm(seq, generator=gen)[:max_rows].sort().values
+    else:
+        rows = torch.arange(seq)
+    ref = rows_fn(rows, torch.float64)
+    result = Reference(out=ref, rows=rows if sampled else None, grads=None,
+                       naive_out_rel_l2=rel_l2(rows_fn(rows, low_dtype), ref))  # fmt: skip
+    notes = [f"output error on {rows.numel()} of {seq} rows (seeded sample)"] if sampled else []
+    if dout is not None and seq > grad_max_seq:
+        notes.append(f"no gradient reference above seq_len {grad_max_seq}")
+    elif dout is not None:
+        result.grads = grads_fn(torch.float64)
+        naive_grads = grads_fn(low_dtype)
+        result.naive_grad_rel_l2 = {n: rel_l2(naive_grads[n], result.grads[n])
+                                    for n in result.grads}  # fmt: skip
+    result.note = "; ".join(notes)
+    return result

@@ -16,10 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from harness.case import Case
-from harness.measure.error import rel_l2
 from harness.registry import Impl
 from harness.workloads.attention import rows_attention
-from harness.workloads.base import Bound, Inputs, Reference
+from harness.workloads.base import Bound, Inputs, Reference, sampled_reference
 
 PARAM_NAMES = ("ln1_weight", "ln1_bias", "w_qkv", "w_out", "ln2_weight", "ln2_bias",
                "w_ffn1", "b_ffn1", "w_ffn2", "b_ffn2")  # fmt: skip
@@ -87,33 +86,17 @@ class LayerWorkload:
     ) -> Reference:  # fmt: skip
         tensors = {n: t.detach().cpu() for n, t in inputs.tensors.items()}
         x, params = tensors["x"], {n: tensors[n] for n in PARAM_NAMES}
-        seq = case.seq_len
-        sampled = seq > max_rows
-        if sampled:
-            gen = torch.Generator().manual_seed(12345)
-            rows = torch.randperm(seq, generator=gen)[:max_rows].sort().values
-        else:
-            rows = torch.arange(seq)
         common = {"num_heads": case.num_heads, "causal": case.causal, "chunk_rows": chunk_rows}
-        ref = layer_rows(x, params, rows, compute_dtype=torch.float64, **common)
-        naive = layer_rows(x, params, rows, compute_dtype=x.dtype, **common)
-        result = Reference(out=ref, rows=rows if sampled else None, grads=None,
-                           naive_out_rel_l2=rel_l2(naive, ref))  # fmt: skip
-        if sampled:
-            result.note = f"output error on {rows.numel()} of {seq} rows (seeded sample)"
-        if dout is None:
-            return result
-        if seq > grad_max_seq:
-            result.note = (result.note + "; " if result.note else "") + (
-                f"no gradient reference above seq_len {grad_max_seq}"
-            )
-            return result
-        every = torch.arange(seq)
-        result.grads = _grads(tensors, dout.cpu(), every, common, torch.float64)
-        naive_grads = _grads(tensors, dout.cpu(), every, common, x.dtype)
-        result.naive_grad_rel_l2 = {n: rel_l2(naive_grads[n], result.grads[n])
-                                    for n in result.grads}  # fmt: skip
-        return result
+        every = torch.arange(case.seq_len)
+        return sampled_reference(
+            case.seq_len,
+            x.dtype,
+            dout,
+            max_rows=max_rows,
+            grad_max_seq=grad_max_seq,
+            rows_fn=lambda rows, dtype: layer_rows(x, params, rows, compute_dtype=dtype, **common),
+            grads_fn=lambda dtype: _grads(tensors, dout.cpu(), every, common, dtype),
+        )
 
     def select_rows(self, out: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         out = out.detach()
