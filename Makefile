@@ -1,18 +1,22 @@
 # Two commands do everything on a fresh machine:  `make run`  and  `make test`.
 # CPU machines: torch is pinned to the local CPU wheel; GPU machines keep the torch they have
-# (`make install TORCH=` skips the pin).
+# (`make install TORCH=` skips the pin). The pinned xformers wheel (3 MB, a CUDA build) lets the
+# tests check the adapter against xformers' real API; --no-deps so it can never pull another torch
+# (`make install XFORMERS=` skips it).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
+XFORMERS ?= xformers==0.0.35
 SUITE ?= suites/long_ctx.yaml
 
 .PHONY: install run test lint bench browser
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(if $(TORCH),$(PY) -m pip install -q $(TORCH))
 	$(PY) -m pip install -q -e '.[test]'
+	$(if $(XFORMERS),$(PY) -m pip install -q --no-deps $(XFORMERS))
 	touch $@
 
 install: $(VENV)/.installed

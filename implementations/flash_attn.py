@@ -3,8 +3,9 @@
 FlashAttention-2 (arXiv 2307.08691): `flash_attn.flash_attn_func`, Ampere and newer.
 FlashAttention-3 (arXiv 2407.08608): `flash_attn_interface.flash_attn_func` from flash-attention's
 hopper/ build, sm90 only; it returns `out` or `(out, lse)` depending on its version.
-FlashAttention-4: `flash_attn.cute.flash_attn_func` (CuTe DSL, Hopper and Blackwell), returns
-`(out, lse)`.
+FlashAttention-4: `flash_attn.cute.flash_attn_func` (CuTe DSL; flash-attn-4 4.0.0b36 accepts
+compute capability 8.x-12.x, head_dim 8-256 in multiples of 8 on sm90 but only up to 128, or 256,
+on sm100/sm110), returns `out` or `(out, lse)`.
 Layout: q_bshd, k_bshd, v_bshd -> out_bshd, the harness's public layout, so nothing is converted.
 Causal: flash-attn aligns the mask to the bottom-right corner of the score matrix, SDPA and the
 harness's float64 reference to the top-left; they agree when Sq == Sk, which every attention case
@@ -46,7 +47,7 @@ FA3 = _Flavor("flash_attn3", "FlashAttention-3", ("flash_attn_interface",
               "hopper/ package (python setup.py install there)", (9, 0), 9)  # fmt: skip
 FA4 = _Flavor("flash_attn4", "FlashAttention-4", ("flash_attn.cute",),
               "FlashAttention-4 (flash_attn.cute) is not installed: pip install '.[flash4]'",
-              (9, 0), 11, head_dim_multiple=8)  # fmt: skip
+              (8, 0), 12, head_dim_multiple=8)  # fmt: skip
 
 
 def _import(flavor: _Flavor):
@@ -85,11 +86,21 @@ def _available(flavor: _Flavor) -> Callable[[str], Availability]:
     return available
 
 
+def _is_blackwell(device: str) -> bool:
+    return device == "cuda" and torch.cuda.is_available() and \
+        torch.cuda.get_device_capability()[0] in (10, 11)  # fmt: skip
+
+
 def _limits(flavor: _Flavor) -> Callable[[Case, str], list[str]]:
     def unsupported(case: Case, device: str) -> list[str]:
-        return low_precision_reasons(case.dtype, case.head_dim, max_head_dim=flavor.max_head_dim,
-                                     head_dim_multiple=flavor.head_dim_multiple,
-                                     what=flavor.label)  # fmt: skip
+        reasons = low_precision_reasons(case.dtype, case.head_dim,
+                                        max_head_dim=flavor.max_head_dim,
+                                        head_dim_multiple=flavor.head_dim_multiple,
+                                        what=flavor.label)  # fmt: skip
+        if flavor is FA4 and 128 < case.head_dim < 256 and _is_blackwell(device):
+            reasons.append(f"{flavor.label} on sm100/sm110 needs head_dim up to 128, or 256; "
+                           f"got {case.head_dim}")  # fmt: skip
+        return reasons
 
     return unsupported
 

@@ -8,14 +8,22 @@ as built into xformers; ck: AMD Composable Kernel, ROCm only). Per-case reasons 
 case's batch, heads, head_dim and dtype; a reason that depends on the sequence length appears
 when the kernel runs. Layout: q_bshd, k_bshd, v_bshd -> out_bshd ([B, M, H, K] in xformers).
 Causal: `LowerTriangularMask`, aligned top-left like SDPA (equal to bottom-right when Sq == Sk).
+
+Availability is xformers' own per-op verdict (`FwOp.is_available()`), not the state of its C++
+library: since 0.0.2x `cutlassF-pt` calls torch's `aten._efficient_attention_forward` and `fa2F-pt`
+torch's flash kernel, so both work when `xformers._C` was built for another torch (the usual case:
+the 0.0.35 wheel targets torch 2.10+cu128, our GPU machines have 2.11+cu130). The build mismatch is
+named only as the cause of an op that is not available.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -27,8 +35,20 @@ _MISSING = "xformers is not installed: pip install '.[xformers]'"
 _PROBE_MAX_SEQ = 256  # keeps the probe tensors small at any case size
 
 
+@contextlib.contextmanager
+def _quiet_import() -> Iterator[None]:
+    """xformers logs a multi-line warning when its C++ ops do not load; the reason says it once."""
+    logger = logging.getLogger("xformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _build_mismatch() -> str:
-    """xformers imports even when its C++ ops fail to load; say so instead of failing later."""
+    """Why xformers' own C++ ops did not load ("" when they did): a cause, never a verdict."""
     cpp = importlib.import_module("xformers._cpp_lib")
     exc = getattr(cpp, "_cpp_library_load_exception", None)
     if exc is None:
@@ -41,16 +61,34 @@ def _build_mismatch() -> str:
     return f"xformers' C++ ops do not load: {text[0] if text else type(exc).__name__}"
 
 
+def _with_cause(reason: str) -> str:
+    mismatch = _build_mismatch()
+    return f"{reason}; {mismatch}" if mismatch else reason
+
+
+def _family_reason(family: str) -> str:
+    module, reason = import_optional(f"xformers.ops.fmha.{family}",
+                                     f"this xformers has no fmha.{family} ops")  # fmt: skip
+    if module is None:
+        return reason
+    if family == "ck" and torch.version.hip is None:
+        return "xformers' ck kernels need a ROCm (AMD) build of torch"
+    fw = module.FwOp
+    if hasattr(fw, "is_available") and not fw.is_available():
+        return _with_cause(f"xformers' {fw.NAME} operator is not available in this build")
+    return ""
+
+
 def _available(family: str | None) -> Callable[[str], Availability]:
     def available(device: str) -> Availability:
-        _, reason = import_optional("xformers.ops", _MISSING)
-        reason = reason or _build_mismatch()
+        with _quiet_import():
+            _, reason = import_optional("xformers.ops", _MISSING)
+        what = f"xformers' {family or 'memory_efficient_attention'} op"
+        if not reason:
+            reason = cuda_reason(device, what=what)
+            reason = _with_cause(reason) if reason else ""
         if not reason and family is not None:
-            _, reason = import_optional(f"xformers.ops.fmha.{family}",
-                                        f"this xformers has no fmha.{family} ops")  # fmt: skip
-            reason = reason or cuda_reason(device, what=f"xformers' {family} kernels")
-            if not reason and family == "ck" and torch.version.hip is None:
-                reason = "xformers' ck kernels need a ROCm (AMD) build of torch"
+            reason = _family_reason(family)
         return Availability.no(reason) if reason else Availability.yes()
 
     return available

@@ -53,10 +53,12 @@ FA2_BROKEN = {"flash_attn/__init__.py": "raise ImportError('libcudart.so.12: can
 
 
 def fake_xformers(*, mismatch: bool = False, forward_error: str | None = None,
-                  dispatch_error: str | None = None) -> dict[str, str]:  # fmt: skip
+                  dispatch_error: str | None = None,
+                  unbuilt: tuple[str, ...] = ()) -> dict[str, str]:  # fmt: skip
     """A fake xformers: optional C++ build mismatch, failing forward, dispatcher refusal.
 
-    Its ops refuse float64 with an xformers-style reason, and accept everything else.
+    Its ops refuse float64 with an xformers-style reason, and accept everything else; the op
+    families in `unbuilt` say they are not available (as ops that need xformers' own C++ do).
     """
     cpp = "_cpp_library_load_exception = None\n"
     if mismatch:
@@ -77,6 +79,10 @@ def fake_xformers(*, mismatch: bool = False, forward_error: str | None = None,
     op = textwrap.dedent("""
         class FwOp:
             NAME = "{name}F"
+
+            @classmethod
+            def is_available(cls):
+                return {built}
 
             @classmethod
             def not_supported_reasons(cls, inp):
@@ -101,9 +107,10 @@ def fake_xformers(*, mismatch: bool = False, forward_error: str | None = None,
             "    query: object\n    key: object\n    value: object\n    attn_bias: object = None\n"
         ),
         "xformers/ops/fmha/dispatch.py": "def _dispatch_fw(inp, needs_gradient):\n" + dispatch,
-        "xformers/ops/fmha/cutlass.py": op.format(name="cutlass"),
-        "xformers/ops/fmha/flash.py": op.format(name="fa2"),
-        "xformers/ops/fmha/ck.py": op.format(name="ck"),
+        **{
+            f"xformers/ops/fmha/{family}.py": op.format(name=name, built=family not in unbuilt)
+            for family, name in (("cutlass", "cutlass"), ("flash", "fa2"), ("ck", "ck"))
+        },
     }
 
 
@@ -244,8 +251,14 @@ def test_fa2_reports_missing_when_only_fa4_is_installed(monkeypatch, tmp_path):
             (10, 0),
             "FlashAttention-3 supports compute capability up to 9.x; found 10.0",
         ),  # fmt: skip
-        ("flash_attn4", (8, 6), "compute capability 9.0+ needed for FlashAttention-4; found 8.6"),
+        ("flash_attn4", (7, 5), "compute capability 8.0+ needed for FlashAttention-4; found 7.5"),
+        ("flash_attn4", (8, 6), ""),
         ("flash_attn4", (10, 0), ""),
+        (
+            "flash_attn4",
+            (13, 0),
+            "FlashAttention-4 supports compute capability up to 12.x; found 13.0",
+        ),
     ],
 )
 def test_flash_attn_needs_cuda_and_capability(monkeypatch, tmp_path, name, capability, expected):
@@ -276,6 +289,19 @@ def test_flash_attn_case_limits():
     assert "multiple of 8" in odd
 
 
+@pytest.mark.parametrize("capability, head_dim, num_reasons",
+                         [((9, 0), 192, 0), ((10, 0), 192, 1), ((10, 0), 256, 0),
+                          ((10, 0), 128, 0), ((11, 0), 160, 1)])  # fmt: skip
+def test_fa4_head_dim_limits_follow_the_architecture(monkeypatch, capability, head_dim,
+                                                     num_reasons):  # fmt: skip
+    """flash-attn-4 (4.0.0b36) takes 8-256 on sm90 but only up to 128, or 256, on sm100/sm110."""
+    _gpu(monkeypatch, capability)
+    case = Case(dtype="bfloat16", head_dim=head_dim)
+    reasons = REGISTRY.get("flash_attn4").unsupported(case, "cuda")
+    assert len(reasons) == num_reasons, reasons
+    assert all("sm100/sm110" in r for r in reasons)
+
+
 def test_flash_attn_forward_passes_bshd_tensors_and_causal(monkeypatch, tmp_path):
     _install(monkeypatch, tmp_path, FA2, FA3)
     import flash_attn
@@ -293,21 +319,31 @@ def test_flash_attn_forward_passes_bshd_tensors_and_causal(monkeypatch, tmp_path
 
 
 # ---- xformers --------------------------------------------------------------------------------
-def test_xformers_build_mismatch_is_a_clear_skip(monkeypatch, tmp_path):
-    _install(monkeypatch, tmp_path, fake_xformers(mismatch=True))
-    expected = (f"xformers' C++ ops were built for torch 2.10.0+cu128 (CUDA 1208), this is "
-                f"{torch.__version__}")  # fmt: skip
-    for name in XFORMERS:
-        assert _reason(name, "cuda") == expected
-
-
-def test_xformers_families_need_cuda_and_ck_needs_rocm(monkeypatch, tmp_path):
-    _install(monkeypatch, tmp_path, fake_xformers())
-    assert _reason("xformers", "cpu") == ""  # the dispatcher decides per case
-    assert _reason("xformers_cutlass", "cpu") == "needs CUDA: xformers' cutlass kernels has no " \
-                                                 "CPU version"  # fmt: skip
-    assert _reason("xformers_flash3", "cuda") == "this xformers has no fmha.flash3 ops"
+def test_xformers_build_mismatch_only_explains_ops_that_need_its_cpp(monkeypatch, tmp_path):
+    """cutlassF-pt runs on torch's own kernel, so a C++ build for another torch does not stop it."""
+    _install(monkeypatch, tmp_path, fake_xformers(mismatch=True, unbuilt=("flash",)))
     _gpu(monkeypatch, (9, 0))
+    mismatch = (f"xformers' C++ ops were built for torch 2.10.0+cu128 (CUDA 1208), this is "
+                f"{torch.__version__}")  # fmt: skip
+    assert _reason("xformers", "cuda") == ""
+    assert _reason("xformers_cutlass", "cuda") == ""
+    assert _reason("xformers_flash", "cuda") == (
+        f"xformers' fa2F operator is not available in this build; {mismatch}"
+    )
+    assert _reason("xformers_cutlass", "cpu") == (
+        f"needs CUDA: xformers' cutlass op has no CPU version; {mismatch}"
+    )
+
+
+def test_xformers_needs_cuda_and_ck_needs_rocm(monkeypatch, tmp_path):
+    _install(monkeypatch, tmp_path, fake_xformers())
+    assert _reason("xformers", "cpu") == (
+        "needs CUDA: xformers' memory_efficient_attention op has no CPU version"
+    )
+    assert _reason("xformers_cutlass", "cpu") == "needs CUDA: xformers' cutlass op has no CPU " \
+                                                 "version"  # fmt: skip
+    _gpu(monkeypatch, (9, 0))
+    assert _reason("xformers_flash3", "cuda") == "this xformers has no fmha.flash3 ops"
     assert _reason("xformers_cutlass", "cuda") == ""
     assert _reason("xformers_ck", "cuda") == "xformers' ck kernels need a ROCm (AMD) build of torch"
 
@@ -369,13 +405,21 @@ def test_a_package_that_fails_on_use_is_an_error_row(monkeypatch, tmp_path):
     from harness.runner import plan, run_tasks
     from harness.suite import parse_suite
 
+    # xformers needs CUDA; here, in this process and (through sitecustomize) in the workers, the
+    # CPU passes for a GPU so that the fake kernel is reached and fails the way a real one does.
+    pretend_gpu = {"sitecustomize.py": "import implementations.xformers as x\n"
+                                       "x.cuda_reason = lambda *a, **k: ''\n"}  # fmt: skip
     root = _install(
         monkeypatch,
         tmp_path / "pkgs",
         fake_xformers(
             forward_error="CUDA error: no kernel image is available for execution on the device"
         ),
+        pretend_gpu,
     )
+    import implementations.xformers
+
+    monkeypatch.setattr(implementations.xformers, "cuda_reason", lambda *a, **k: "")
     monkeypatch.setenv("PYTHONPATH", f"{root}:{ROOT}")
     suite = parse_suite({
         "name": "fake-xformers", "implementations": ["xformers", "flash_attn2"],
