@@ -107,12 +107,14 @@ def run(
 
     try:
         suite = load_suite(suite_path, profile=profile)
-        device = resolve_device(suite.device)
+        # A dry run only plans, so a CUDA profile can be checked on a machine without a GPU.
+        device = "cuda" if dry_run and suite.device == "cuda" else resolve_device(suite.device)
         tasks = plan(suite, device, impls=impl or None, case_filter=filter_)
         if dry_run:
             for task in tasks:
                 out.print(f"{task.case.name}  {task.impl}  {task.phase}", highlight=False)
-            out.print(f"{len(tasks)} tasks, {len(suite.cases())} cases", highlight=False)
+            cases = len({task.case.name for task in tasks})
+            out.print(f"{len(tasks)} tasks, {cases} cases, device {device}", highlight=False)
             return
         if resume is not None:
             run_dir = RunDir.open(resume)
@@ -205,6 +207,27 @@ def show(
     for rec in frame[cols].to_dict("records"):
         table.add_row(*(_fmt(rec[c]) for c in cols))
     out.print(table)
+
+
+@app.command("table")
+def table_cmd(
+    run_dir: Path = typer.Argument(..., help="a run directory"),
+    metric: list[str] = typer.Option(None, "--metric", help="tflops, time, peak or err"),
+    out_path: Path = typer.Option(None, "-o", "--out", help="write the Markdown here"),
+) -> None:
+    """Markdown tables of a run: implementations down, sequence lengths across."""
+    from harness.results import load_rows
+    from harness.tables import pivot_markdown
+
+    try:
+        text = pivot_markdown(load_rows(run_dir), metric or ["tflops", "peak", "err"])
+    except HarnessError as exc:
+        _fail(str(exc))
+    if out_path is None:
+        print(text, end="")
+    else:
+        out_path.write_text(text)
+        err.print(f"wrote {out_path}", highlight=False, markup=False)
 
 
 def _fmt(value: Any) -> str:
