@@ -16,8 +16,10 @@ import pandas as pd
 from harness.errors import HarnessError
 
 # Axes that split tables when they take more than one value in the run (seq_len is the columns).
-SPLIT_AXES = ("workload", "phase", "dtype", "causal", "head_dim", "num_heads", "batch",
-              "block_size", "world_size", "device")  # fmt: skip
+SPLIT_AXES = (
+    "workload", "phase", "dtype", "causal", "head_dim", "num_heads", "batch", "block_size",
+    "world_size", "layout", "hidden", "ffn_expansion", "device",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ def _cell(row: pd.Series, metric: Metric) -> str:
 def _describe(keys: dict[str, object]) -> str:
     parts = []
     for axis, value in keys.items():
+        if value is None or (isinstance(value, float) and pd.isna(value)):
+            continue
         if axis == "causal":
             parts.append("causal" if bool(value) else "full")
         elif axis in ("phase", "dtype", "workload", "device"):
@@ -77,6 +81,8 @@ def pivot_markdown(rows: pd.DataFrame, metric_names: list[str]) -> str:
              if a in rows.columns and a not in axes and pd.notna(rows[a].iloc[0])}  # fmt: skip
     all_skipped = rows.groupby("impl", sort=False)["status"].agg(lambda s: set(s) == {"skipped"})
     skipped = [impl for impl, flag in all_skipped.items() if flag]
+    if "hidden" not in fixed and "hidden" not in axes:  # an FFN setting without a layer workload
+        fixed.pop("ffn_expansion", None)
     impl_order = [i for i in dict.fromkeys(rows["impl"]) if i not in skipped]
     out = [f"All tables: {_describe(fixed)}." if fixed else ""]
     for name in metric_names:
@@ -85,6 +91,12 @@ def pivot_markdown(rows: pd.DataFrame, metric_names: list[str]) -> str:
         groups = rows.groupby(axes, sort=False, dropna=False) if axes else [((), rows)]
         for key, group in groups:
             key = key if isinstance(key, tuple) else (key,)
+            clash = group.duplicated(["impl", "seq_len"])
+            if clash.any():  # an axis this module does not split on varies: say so, drop nothing
+                first = group[clash].iloc[0]
+                raise HarnessError(f"rows {first['case']!r} and others share impl {first['impl']!r}"
+                                   f" and seq_len {first['seq_len']}; harness table splits only "
+                                   f"on {', '.join(SPLIT_AXES)}")  # fmt: skip
             cells = group.assign(cell=group.apply(_cell, axis=1, metric=metric))
             table = cells.pivot_table(index="impl", columns="seq_len", values="cell",
                                       aggfunc="first", fill_value="")  # fmt: skip

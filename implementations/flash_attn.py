@@ -4,8 +4,9 @@ FlashAttention-2 (arXiv 2307.08691): `flash_attn.flash_attn_func`, Ampere and ne
 FlashAttention-3 (arXiv 2407.08608): `flash_attn_interface.flash_attn_func` from flash-attention's
 hopper/ build, sm90 only; it returns `out` or `(out, lse)` depending on its version.
 FlashAttention-4: `flash_attn.cute.flash_attn_func` (CuTe DSL; flash-attn-4 4.0.0b36 accepts
-compute capability 8.x-12.x, head_dim 8-256 in multiples of 8 on sm90 but only up to 128, or 256,
-on sm100/sm110), returns `out` or `(out, lse)`.
+compute capability 8.x-12.x forward but 9.x-12.x backward, so an sm8x fwd_bwd row is an `error`
+with its assertion; head_dim 8-256 in multiples of 8 on sm90 but only up to 128, or 256, on
+sm100/sm110), returns `out` or `(out, lse)`; its arguments go by keyword (the 4th is `qv`).
 Layout: q_bshd, k_bshd, v_bshd -> out_bshd, the harness's public layout, so nothing is converted.
 Causal: flash-attn aligns the mask to the bottom-right corner of the score matrix, SDPA and the
 harness's float64 reference to the top-left; they agree when Sq == Sk, which every attention case

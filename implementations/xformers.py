@@ -9,11 +9,13 @@ case's batch, heads, head_dim and dtype; a reason that depends on the sequence l
 when the kernel runs. Layout: q_bshd, k_bshd, v_bshd -> out_bshd ([B, M, H, K] in xformers).
 Causal: `LowerTriangularMask`, aligned top-left like SDPA (equal to bottom-right when Sq == Sk).
 
-Availability is xformers' own per-op verdict (`FwOp.is_available()`), not the state of its C++
-library: since 0.0.2x `cutlassF-pt` calls torch's `aten._efficient_attention_forward` and `fa2F-pt`
-torch's flash kernel, so both work when `xformers._C` was built for another torch (the usual case:
-the 0.0.35 wheel targets torch 2.10+cu128, our GPU machines have 2.11+cu130). The build mismatch is
-named only as the cause of an op that is not available.
+Availability follows xformers' own flags. If its C++ library (`xformers._C`) does not load,
+xformers marks itself built without CUDA (`_cpp_lib._built_with_cuda`) and refuses every CUDA
+op, even `cutlassF-pt` and `fa2F-pt` that run on torch's own kernels; the reason then quotes the
+loader's error (the 0.0.35 wheel links libcudart.so.12 and targets torch 2.10+cu128). Otherwise
+each forced family asks its op's `is_available()`. flash-attn-4 installs `flash_attn` as a bare
+namespace, which xformers 0.0.35 takes for FlashAttention-2 and fails to import, so it is hidden
+while xformers loads.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import importlib.util
 import logging
 import re
+import sys
 from collections.abc import Callable, Iterator
 
 import torch
@@ -37,33 +41,48 @@ _PROBE_MAX_SEQ = 256  # keeps the probe tensors small at any case size
 
 @contextlib.contextmanager
 def _quiet_import() -> Iterator[None]:
-    """xformers logs a multi-line warning when its C++ ops do not load; the reason says it once."""
+    """Import xformers without its multi-line C++ warning and without FA4's bare `flash_attn`."""
     logger = logging.getLogger("xformers")
     level = logger.level
     logger.setLevel(logging.ERROR)
+    hide, saved = _only_fa4_namespace(), sys.modules.get("flash_attn")
+    if hide:
+        sys.modules["flash_attn"] = None  # type: ignore[assignment]  # find_spec then says absent
     try:
         yield
     finally:
         logger.setLevel(level)
+        if hide and saved is None:
+            del sys.modules["flash_attn"]
+        elif hide:
+            sys.modules["flash_attn"] = saved
 
 
-def _build_mismatch() -> str:
-    """Why xformers' own C++ ops did not load ("" when they did): a cause, never a verdict."""
+def _only_fa4_namespace() -> bool:
+    try:
+        spec = importlib.util.find_spec("flash_attn")
+    except (ImportError, ValueError):
+        return False
+    return spec is not None and spec.origin in (None, "namespace") and \
+        importlib.util.find_spec("flash_attn.flash_attn_interface") is None  # fmt: skip
+
+
+def _cpp_problem() -> str:
+    """Why xformers' C++ library did not load ("" when it did), in the loader's own words."""
     cpp = importlib.import_module("xformers._cpp_lib")
     exc = getattr(cpp, "_cpp_library_load_exception", None)
     if exc is None:
         return ""
+    cause = exc
+    while (cause.__cause__ or cause.__context__) is not None:  # the dynamic loader's message
+        cause = cause.__cause__ or cause.__context__
+    lines = str(cause).strip().splitlines()
+    text = f"{type(cause).__name__}: {lines[0] if lines else ''}".rstrip(": ")
     info = getattr(exc, "build_info", None)
     if info is not None:
-        return (f"xformers' C++ ops were built for torch {info.torch_version} (CUDA "
-                f"{info.cuda_version}), this is {torch.__version__}")  # fmt: skip
-    text = str(exc).strip().splitlines()
-    return f"xformers' C++ ops do not load: {text[0] if text else type(exc).__name__}"
-
-
-def _with_cause(reason: str) -> str:
-    mismatch = _build_mismatch()
-    return f"{reason}; {mismatch}" if mismatch else reason
+        text += (f"; the wheel was built for torch {info.torch_version} (CUDA "
+                 f"{info.cuda_version}), this is {torch.__version__}")  # fmt: skip
+    return f"xformers' C++ ops do not load ({text})"
 
 
 def _family_reason(family: str) -> str:
@@ -75,7 +94,7 @@ def _family_reason(family: str) -> str:
         return "xformers' ck kernels need a ROCm (AMD) build of torch"
     fw = module.FwOp
     if hasattr(fw, "is_available") and not fw.is_available():
-        return _with_cause(f"xformers' {fw.NAME} operator is not available in this build")
+        return f"xformers' {fw.NAME} operator is not available in this build"
     return ""
 
 
@@ -83,12 +102,17 @@ def _available(family: str | None) -> Callable[[str], Availability]:
     def available(device: str) -> Availability:
         with _quiet_import():
             _, reason = import_optional("xformers.ops", _MISSING)
-        what = f"xformers' {family or 'memory_efficient_attention'} op"
-        if not reason:
-            reason = cuda_reason(device, what=what)
-            reason = _with_cause(reason) if reason else ""
-        if not reason and family is not None:
-            reason = _family_reason(family)
+        if reason:
+            return Availability.no(reason)
+        problem = _cpp_problem()
+        reason = cuda_reason(device, what=f"xformers' {family or 'memory_efficient_attention'} op")
+        if reason:
+            return Availability.no(f"{reason}; {problem}" if problem else reason)
+        cpp = importlib.import_module("xformers._cpp_lib")
+        if not getattr(cpp, "_built_with_cuda", True) and torch.version.hip is None:
+            return Availability.no(f"{problem or 'xformers was built without CUDA'}, so xformers "
+                                   "refuses every CUDA op")  # fmt: skip
+        reason = _family_reason(family) if family is not None else ""
         return Availability.no(reason) if reason else Availability.yes()
 
     return available

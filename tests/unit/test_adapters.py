@@ -60,8 +60,8 @@ def fake_xformers(*, mismatch: bool = False, forward_error: str | None = None,
     Its ops refuse float64 with an xformers-style reason, and accept everything else; the op
     families in `unbuilt` say they are not available (as ops that need xformers' own C++ do).
     """
-    cpp = "_cpp_library_load_exception = None\n"
-    if mismatch:
+    cpp = "_cpp_library_load_exception = None\n_built_with_cuda = True\n"
+    if mismatch:  # as xformers 0.0.35 records a _C.so that the dynamic loader refuses
         cpp = textwrap.dedent("""
             class _Info:
                 torch_version = "2.10.0+cu128"
@@ -70,7 +70,15 @@ def fake_xformers(*, mismatch: bool = False, forward_error: str | None = None,
             class xFormersInvalidLibException(Exception):
                 build_info = _Info()
 
-            _cpp_library_load_exception = xFormersInvalidLibException()
+            try:
+                try:
+                    raise OSError("libcudart.so.12: cannot open shared object file")
+                except OSError as inner:
+                    raise OSError("Could not load this library: _C.so") from inner
+            except OSError as exc:
+                _cpp_library_load_exception = xFormersInvalidLibException()
+                _cpp_library_load_exception.__cause__ = exc
+            _built_with_cuda = False
         """)
     forward = ("    return query * 5\n" if forward_error is None
                else f"    raise RuntimeError({forward_error!r})\n")  # fmt: skip
@@ -97,6 +105,9 @@ def fake_xformers(*, mismatch: bool = False, forward_error: str | None = None,
         "xformers/__init__.py": "",
         "xformers/_cpp_lib.py": cpp,
         "xformers/ops/__init__.py": (
+            # 0.0.35 imports FlashAttention-2's interface whenever a `flash_attn` package exists
+            "import importlib.util\nif importlib.util.find_spec('flash_attn'):\n"
+            "    import flash_attn.flash_attn_interface\n"
             "CALLS = []\n\nclass LowerTriangularMask:\n    pass\n\n"
             "def memory_efficient_attention(query, key, value, attn_bias=None, p=0.0, "
             "scale=None, *, op=None):\n    CALLS.append({'attn_bias': attn_bias, 'op': op})\n"
@@ -319,20 +330,39 @@ def test_flash_attn_forward_passes_bshd_tensors_and_causal(monkeypatch, tmp_path
 
 
 # ---- xformers --------------------------------------------------------------------------------
-def test_xformers_build_mismatch_only_explains_ops_that_need_its_cpp(monkeypatch, tmp_path):
-    """cutlassF-pt runs on torch's own kernel, so a C++ build for another torch does not stop it."""
-    _install(monkeypatch, tmp_path, fake_xformers(mismatch=True, unbuilt=("flash",)))
+def test_xformers_cpp_load_failure_refuses_cuda_and_quotes_the_loader(monkeypatch, tmp_path):
+    """xformers without its C++ library refuses every CUDA op, so every entry is skipped."""
+    _install(monkeypatch, tmp_path, fake_xformers(mismatch=True))
     _gpu(monkeypatch, (9, 0))
-    mismatch = (f"xformers' C++ ops were built for torch 2.10.0+cu128 (CUDA 1208), this is "
-                f"{torch.__version__}")  # fmt: skip
-    assert _reason("xformers", "cuda") == ""
+    problem = ("xformers' C++ ops do not load (OSError: libcudart.so.12: cannot open shared "
+               "object file; the wheel was built for torch 2.10.0+cu128 (CUDA 1208), this is "
+               f"{torch.__version__})")  # fmt: skip
+    for name in XFORMERS:
+        assert _reason(name, "cuda") == f"{problem}, so xformers refuses every CUDA op"
+    assert _reason("xformers_cutlass", "cpu") == (
+        f"needs CUDA: xformers' cutlass op has no CPU version; {problem}"
+    )
+
+
+def test_xformers_ops_that_are_not_built_say_so(monkeypatch, tmp_path):
+    _install(monkeypatch, tmp_path, fake_xformers(unbuilt=("flash",)))
+    _gpu(monkeypatch, (9, 0))
     assert _reason("xformers_cutlass", "cuda") == ""
     assert _reason("xformers_flash", "cuda") == (
-        f"xformers' fa2F operator is not available in this build; {mismatch}"
+        "xformers' fa2F operator is not available in this build"
     )
-    assert _reason("xformers_cutlass", "cpu") == (
-        f"needs CUDA: xformers' cutlass op has no CPU version; {mismatch}"
-    )
+
+
+@pytest.mark.parametrize("fa4_first", [False, True])
+def test_fa4s_bare_flash_attn_does_not_break_xformers(monkeypatch, tmp_path, fa4_first):
+    """flash-attn-4 alone leaves `flash_attn` without FA2's interface, which xformers imports."""
+    _install(monkeypatch, tmp_path, FA4_ONLY, fake_xformers())
+    _gpu(monkeypatch, (9, 0))
+    if fa4_first:
+        assert _reason("flash_attn4", "cuda") == ""
+    assert _reason("xformers", "cuda") == ""
+    assert _reason("flash_attn4", "cuda") == ""
+    assert sys.modules.get("flash_attn") is not None or not fa4_first
 
 
 def test_xformers_needs_cuda_and_ck_needs_rocm(monkeypatch, tmp_path):

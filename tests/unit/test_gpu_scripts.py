@@ -24,27 +24,40 @@ WHEEL = "tinypkg-1.0-py3-none-any.whl"
 
 
 def _step(tmp: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    dirs = {name: str(tmp / name.lower()) for name in ("SITE", "STASH", "RUNS", "WHL", "WHL2",
-                                                      "PACKS", "OUT")}  # fmt: skip
+    names = ("SITE", "STASH", "RUNS", "WHL", "WHL2", "PACKS", "OUT", "CUDART12")
+    dirs = {name: str(tmp / name.lower()) for name in names}
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True,
                           env={**os.environ, "PY": sys.executable, **dirs, **env},
                           timeout=300)  # fmt: skip
 
 
-def _tiny_wheel(path: Path) -> bytes:
-    """A minimal valid wheel, so pip really installs what the join step reassembles."""
-    dist = "tinypkg-1.0.dist-info"
-    files = {
-        "tinypkg/__init__.py": "VALUE = 42\n",
-        f"{dist}/METADATA": "Metadata-Version: 2.1\nName: tinypkg\nVersion: 1.0\n",
+def _wheel(path: Path, name: str, files: dict[str, str]) -> bytes:
+    """A minimal valid wheel, so pip really installs what the steps hand it."""
+    dist = f"{name}-1.0.dist-info"
+    files = files | {
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
         f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
         "Tag: py3-none-any\n",  # fmt: skip
     }
     with zipfile.ZipFile(path, "w") as zf:
-        for name, text in files.items():
-            zf.writestr(name, text)
+        for rel, text in files.items():
+            zf.writestr(rel, text)
         zf.writestr(f"{dist}/RECORD", "".join(f"{n},,\n" for n in [*files, f"{dist}/RECORD"]))
     return path.read_bytes()
+
+
+def _tiny_wheel(path: Path) -> bytes:
+    # shares its top-level folder with _base_wheel, as the CUTLASS DSL's wheels share theirs
+    return _wheel(path, "tinypkg", {"shared_ns/tiny.py": "VALUE = 42\n"})
+
+
+def _base_wheel(root: Path) -> None:
+    (root / "whl").mkdir(exist_ok=True)
+    _wheel(root / "whl" / "basepkg-1.0-py3-none-any.whl", "basepkg",
+           {"shared_ns/base.py": "BASE = 1\n"})  # fmt: skip
+    cudart = {"nvidia/cuda_runtime/lib/libcudart.so.12": "ELF"}
+    _wheel(root / "whl" / "nvidia_cuda_runtime_cu12-1.0-py3-none-any.whl",
+           "nvidia_cuda_runtime_cu12", cudart)  # fmt: skip
 
 
 def _split(tmp: Path, data: bytes, *, corrupt: bool = False) -> None:
@@ -58,14 +71,21 @@ def _split(tmp: Path, data: bytes, *, corrupt: bool = False) -> None:
     (tmp / "whl2" / f"{WHEEL}.sha256").write_text(hashlib.sha256(data).hexdigest() + "\n")
 
 
-def test_setup_then_join_installs_the_split_wheel(tmp_path):
+def test_setup_then_join_installs_every_wheel_into_one_tree(tmp_path):
+    _base_wheel(tmp_path)
     _split(tmp_path, _tiny_wheel(tmp_path / WHEEL))
     setup = _step(tmp_path, "setup")
     assert setup.returncode == 0, setup.stderr
     assert "implementations" in setup.stdout  # `harness list` ran from the source tree
+    assert (tmp_path / "site" / "shared_ns" / "base.py").exists()
     joined = _step(tmp_path, "join")
     assert joined.returncode == 0, joined.stderr
-    assert (tmp_path / "site" / "tinypkg" / "__init__.py").read_text() == "VALUE = 42\n"
+    # pip --target replaces a top-level folder per call; the join must not lose base.py
+    assert (tmp_path / "site" / "shared_ns" / "tiny.py").read_text() == "VALUE = 42\n"
+    assert (tmp_path / "site" / "shared_ns" / "base.py").read_text() == "BASE = 1\n"
+    # the CUDA 12 runtime goes to the loader's path only, not into the import path
+    assert (tmp_path / "cudart12" / "libcudart.so.12").read_text() == "ELF"
+    assert not (tmp_path / "site" / "nvidia").exists()
 
 
 def test_join_refuses_a_damaged_half(tmp_path):
@@ -73,7 +93,7 @@ def test_join_refuses_a_damaged_half(tmp_path):
     assert _step(tmp_path, "setup").returncode == 0
     joined = _step(tmp_path, "join")
     assert joined.returncode != 0 and "FAILED" in joined.stdout
-    assert not (tmp_path / "site" / "tinypkg").exists()
+    assert not (tmp_path / "site" / "shared_ns").exists()
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -104,6 +124,11 @@ def test_a_cold_machine_resumes_from_the_carried_pack(tmp_path):
     assert sorted(r["impl"] for r in rows) == ["chunked", "naive"]  # naive kept, chunked added
     assert all(r["status"] == "ok" for r in rows)
     assert "1 rows written" in second.stderr
+
+
+def test_a_failed_run_fails_the_step(tmp_path):
+    result = _step(tmp_path, "run", "suites/no_such_suite.yaml", "-")
+    assert result.returncode == 2 and "no_such_suite" in result.stderr
 
 
 def test_unknown_step_is_a_usage_error(tmp_path):

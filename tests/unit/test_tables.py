@@ -83,3 +83,17 @@ def test_cli_writes_the_markdown_file(run, tmp_path):
     result = CliRunner().invoke(app, ["table", str(run), "-o", str(target)])
     assert result.exit_code == 0, result.output
     assert target.read_text() == pivot_markdown(load_rows(run), ["tflops", "peak", "err"])
+
+
+def test_a_varying_layout_splits_tables_instead_of_hiding_rows(tmp_path):
+    rows = [_row("ring", 4096, False) | {"layout": layout, "case": f"ring-{layout}"}
+            for layout in ("contiguous", "zigzag")]  # fmt: skip
+    text = pivot_markdown(load_rows(make_run(tmp_path / "ring", rows)), ["tflops"])
+    assert "**contiguous**" not in text  # layout values are named as layout=...
+    assert "**layout=contiguous**" in text and "**layout=zigzag**" in text
+
+
+def test_rows_no_axis_tells_apart_are_an_error_not_a_silent_pick(tmp_path):
+    rows = [_row("naive", 4096, False) | {"case": f"c{i}", "tflops": float(i)} for i in (1, 2)]
+    with pytest.raises(HarnessError, match="share impl 'naive' and seq_len 4096"):
+        pivot_markdown(load_rows(make_run(tmp_path / "dup", rows)), ["tflops"])
