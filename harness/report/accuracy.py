@@ -23,8 +23,7 @@ from harness.report.common import (
     length_ticks,
     template,
 )  # fmt: skip
-from harness.report.data import ReportData
-from harness.report.sections import Section
+from harness.report.sections import figure_section
 
 ERR = "err_rel_l2"
 NAIVE = "err_naive_same_dtype_rel_l2"
@@ -60,8 +59,11 @@ def accuracy_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
     row_vals, col_vals = facet_values(sel, None, FACET_COLS)
     col_of = {cv: j for j, cv in enumerate(col_vals, start=1)}
     spec = FigureSpec("Error vs float64 reference", 440)
-    spec.grid(facet_titles(row_vals, col_vals, None, FACET_COLS),
-              xtitle="sequence length", ytitle="relative L2 error")  # fmt: skip
+    spec.grid(
+        facet_titles(row_vals, col_vals, None, FACET_COLS),
+        xtitle="sequence length",
+        ytitle="relative L2 error",
+    )
     columns = ["x_plot", "err_plot", "text", "over", "seq_len", NAIVE, ERR]
     for (dtype, causal, impl), g in grouped(sel, ["dtype", "causal", "impl"], columns):
         spec.add({
@@ -78,33 +80,54 @@ def accuracy_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
         naive = pd.Series(g[NAIVE].astype(float), index=g["seq_len"]).dropna()
         limit = naive.groupby(level=0).median().sort_index()
         if not limit.empty:
-            spec.add({
-                "x": limit.index.tolist(),
-                "y": floats((TOLERANCE_FACTOR * limit).clip(lower=FLOOR)),
-                "mode": "lines", "name": "2× naive (same dtype)", "legendgroup": "tolerance",
-                "line": {"color": "#444", "dash": "dash"},
-                "hovertemplate": "2× naive: %{y:.3g}<extra></extra>",
-            }, 1, c, role="threshold", legend_key="tolerance")  # fmt: skip
+            spec.add(
+                {
+                    "x": limit.index.tolist(),
+                    "y": floats((TOLERANCE_FACTOR * limit).clip(lower=FLOOR)),
+                    "mode": "lines",
+                    "name": "2× naive (same dtype)",
+                    "legendgroup": "tolerance",
+                    "line": {"color": "#444", "dash": "dash"},
+                    "hovertemplate": "2× naive: %{y:.3g}<extra></extra>",
+                },
+                1,
+                c,
+                role="threshold",
+                legend_key="tolerance",
+            )
         bad = g["over"].astype(bool)
         if bad.any():
-            spec.add({
-                "x": floats(g["x_plot"][bad]), "y": floats(g["err_plot"][bad]), "mode": "markers",
-                "name": "over tolerance", "legendgroup": "over",
-                "marker": {"symbol": "circle-open", "size": 16, "color": "#d62728",
-                           "line": {"width": 2}},
-                "text": g["text"][bad].tolist(),
-                "hovertemplate": template("over 2× naive", [("rel L2 error", "%{y:.3g}")]),
-            }, 1, c, role="flag", legend_key="over")  # fmt: skip
+            spec.add(
+                {
+                    "x": floats(g["x_plot"][bad]),
+                    "y": floats(g["err_plot"][bad]),
+                    "mode": "markers",
+                    "name": "over tolerance",
+                    "legendgroup": "over",
+                    "marker": {
+                        "symbol": "circle-open",
+                        "size": 16,
+                        "color": "#d62728",
+                        "line": {"width": 2},
+                    },
+                    "text": g["text"][bad].tolist(),
+                    "hovertemplate": template("over 2× naive", [("rel L2 error", "%{y:.3g}")]),
+                },
+                1,
+                c,
+                role="flag",
+                legend_key="over",
+            )
     spec.update_axes("y", dtick=None, tickformat=".1e", nticks=8)
     spec.update_axes("x", **length_ticks(sel["seq_len"]))
     return spec.to_dict()
 
 
-def build(data: ReportData) -> Section | None:
-    fig = accuracy_figure(data.rows)
-    if fig is None:
-        return None
-    return Section("accuracy", "Numerical error", [fig],
-                   "Relative L2 error of the output against a float64 reference (lower is better). "
-                   "Dashed: the tolerance, 2× the error of naive attention in the same dtype; "
-                   "ringed points exceed their own case's tolerance.")  # fmt: skip
+build = figure_section(
+    "accuracy",
+    "Numerical error",
+    accuracy_figure,
+    "Relative L2 error of the output against a float64 reference (lower is better). "
+    "Dashed: the tolerance, 2× the error of naive attention in the same dtype; "
+    "ringed points exceed their own case's tolerance.",
+)

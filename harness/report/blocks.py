@@ -16,8 +16,7 @@ from harness.report.common import (
     slice_options,
     with_lines_and_slices,
 )  # fmt: skip
-from harness.report.data import ReportData
-from harness.report.sections import Section
+from harness.report.sections import figure_section
 
 PANELS = (("time_ms_median", "time (ms)"), ("peak_mem_bytes", "peak memory"))
 
@@ -52,13 +51,9 @@ def block_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
     return spec.to_dict()
 
 
-def build(data: ReportData) -> Section | None:
-    fig = block_figure(data.rows)
-    if fig is None:
-        return None
-    return Section(
-        "block_size",
-        "Block size",
-        [fig],
-        "Time and peak memory of the blockwise implementations as the block size varies.",
-    )
+build = figure_section(
+    "block_size",
+    "Block size",
+    block_figure,
+    "Time and peak memory of the blockwise implementations as the block size varies.",
+)

@@ -30,8 +30,8 @@ from harness.report.common import (
     template,
     with_lines_and_slices,
 )  # fmt: skip
-from harness.report.data import FAILED, ReportData
-from harness.report.sections import Section
+from harness.report.data import FAILED
+from harness.report.sections import figure_section
 
 MEM = "peak_mem_bytes"
 PLOTTED = ("seq_len", "dtype", "causal", "phase")
@@ -123,15 +123,29 @@ def memory_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
             if status in FAILED and (y := fail_y(g, s)) is not None:
                 fails.setdefault((c, phase, slice_, status), []).append((s, y, text))
     for (c, phase, slice_, status), points in sorted(fails.items()):
-        spec.add({
-            "x": [p[0] for p in points], "y": floats(p[1] for p in points), "mode": "markers",
-            "name": status.upper() if status == "oom" else status, "legendgroup": f"fail-{status}",
-            "marker": {"symbol": FAIL_SYMBOL[status], "size": 13, "color": FAIL_COLOR[status],
-                       "line": {"width": 2, "color": FAIL_COLOR[status]}},
-            "text": [p[2] for p in points], "hovertemplate": "%{text}<extra></extra>",
-            "meta": {"status": status},
-        }, 1, c, role="fail", controls={"phase": phase, "slice": slice_},
-           legend_key=f"fail-{status}")  # fmt: skip
+        spec.add(
+            {
+                "x": [p[0] for p in points],
+                "y": floats(p[1] for p in points),
+                "mode": "markers",
+                "name": status.upper() if status == "oom" else status,
+                "legendgroup": f"fail-{status}",
+                "marker": {
+                    "symbol": FAIL_SYMBOL[status],
+                    "size": 13,
+                    "color": FAIL_COLOR[status],
+                    "line": {"width": 2, "color": FAIL_COLOR[status]},
+                },
+                "text": [p[2] for p in points],
+                "hovertemplate": "%{text}<extra></extra>",
+                "meta": {"status": status},
+            },
+            1,
+            c,
+            role="fail",
+            controls={"phase": phase, "slice": slice_},
+            legend_key=f"fail-{status}",
+        )
     spec.control("phase", "phase", phase_options(sel))
     spec.update_axes("y", tickformat=".2s")
     spec.control("slice", " · ".join(slice_axes), slice_options(sel))
@@ -139,12 +153,12 @@ def memory_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
     return spec.to_dict()
 
 
-def build(data: ReportData) -> Section | None:
-    fig = memory_figure(data.rows)
-    if fig is None:
-        return None
-    return Section("memory", "Peak memory", [fig],
-                   "Lower is better. Dashed: the analytic expectation (inputs plus S² working "
-                   "memory for kernels that materialize the scores, linear for blockwise ones) "
-                   "anchored at the shortest length. A marker at the end of a line shows why it "
-                   "stops (OOM ×, timeout ◆, error ⊗); the table gives the reason.")  # fmt: skip
+build = figure_section(
+    "memory",
+    "Peak memory",
+    memory_figure,
+    "Lower is better. Dashed: the analytic expectation (inputs plus S² working "
+    "memory for kernels that materialize the scores, linear for blockwise ones) "
+    "anchored at the shortest length. A marker at the end of a line shows why it "
+    "stops (OOM ×, timeout ◆, error ⊗); the table gives the reason.",
+)

@@ -15,8 +15,7 @@ from harness.report.common import (
     slice_options,
     with_lines_and_slices,
 )  # fmt: skip
-from harness.report.data import ReportData
-from harness.report.sections import Section
+from harness.report.sections import figure_section
 
 PANELS = (("time_ms_median", "time (ms)"), ("rank_mem_bytes", "peak memory per rank"),
           ("efficiency", "scaling efficiency"))  # fmt: skip
@@ -58,9 +57,20 @@ def scaling_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
         hgap=0.07,
     )
     sizes = sorted(sel["world_size"].unique().tolist())
-    spec.add({"x": [sizes[0], sizes[-1]], "y": [1.0, 1.0], "mode": "lines", "name": "ideal",
-              "line": {"color": "#888", "dash": "dot", "width": 1}, "hoverinfo": "skip"},
-             1, 3, role="threshold", legend_key="ideal")  # fmt: skip
+    spec.add(
+        {
+            "x": [sizes[0], sizes[-1]],
+            "y": [1.0, 1.0],
+            "mode": "lines",
+            "name": "ideal",
+            "line": {"color": "#888", "dash": "dot", "width": 1},
+            "hoverinfo": "skip",
+        },
+        1,
+        3,
+        role="threshold",
+        legend_key="ideal",
+    )
     spec.update_axes("x", tickvals=sizes, ticktext=[str(s) for s in sizes])
     spec.layout["yaxis2"].update(tickformat=".2s", title={"text": "bytes"})
     spec.layout["yaxis3"].update(type="linear", rangemode="tozero")
@@ -68,10 +78,10 @@ def scaling_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
     return spec.to_dict()
 
 
-def build(data: ReportData) -> Section | None:
-    fig = scaling_figure(data.rows)
-    if fig is None:
-        return None
-    return Section("scaling", "Device-count scaling", [fig],
-                   "Strong scaling: efficiency = t(P0)·P0 / (t(P)·P) against the smallest P of "
-                   "each line; the time of a distributed row is the slowest rank's.")  # fmt: skip
+build = figure_section(
+    "scaling",
+    "Device-count scaling",
+    scaling_figure,
+    "Strong scaling: efficiency = t(P0)·P0 / (t(P)·P) against the smallest P of "
+    "each line; the time of a distributed row is the slowest rank's.",
+)

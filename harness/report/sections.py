@@ -41,5 +41,16 @@ def register_section(key: str, builder: SectionBuilder, *, before: str | None = 
     SECTIONS.insert(keys.index(before) if before else len(SECTIONS), (key, builder))
 
 
+def figure_section(key: str, title: str, figure: Callable[[Any], dict[str, Any] | None],
+                   note: str) -> SectionBuilder:  # fmt: skip
+    """The common builder: one figure drawn from the rows; no section when it has nothing."""
+
+    def build(data: ReportData) -> Section | None:
+        fig = figure(data.rows)
+        return None if fig is None else Section(key, title, [fig], note)
+
+    return build
+
+
 def build_sections(data: ReportData) -> list[Section]:
     return [s for _, builder in SECTIONS if (s := builder(data)) is not None]

@@ -27,8 +27,7 @@ from harness.report.common import (
     template,
     with_lines_and_slices,
 )  # fmt: skip
-from harness.report.data import ReportData
-from harness.report.sections import Section
+from harness.report.sections import figure_section
 
 METRICS = {"tflops": "TFLOP/s", "tokens_per_s": "tokens/s"}
 PLOTTED = ("seq_len", "dtype", "causal", "phase")
@@ -96,11 +95,11 @@ def throughput_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
     return spec.to_dict()
 
 
-def build(data: ReportData) -> Section | None:
-    fig = throughput_figure(data.rows)
-    if fig is None:
-        return None
-    return Section("throughput", "Throughput", [fig],
-                   "Higher is better. Shaded bands span the p20–p80 of the timing samples. FLOPs "
-                   "follow ANCHORS.md: 4·B·H·Sq·Sk·D forward, causal counts attended pairs; "
-                   "backward 2.5×, forward+backward 3.5×.")  # fmt: skip
+build = figure_section(
+    "throughput",
+    "Throughput",
+    throughput_figure,
+    "Higher is better. Shaded bands span the p20–p80 of the timing samples. FLOPs "
+    "follow ANCHORS.md: 4·B·H·Sq·Sk·D forward, causal counts attended pairs; "
+    "backward 2.5×, forward+backward 3.5×.",
+)
