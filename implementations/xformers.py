@@ -28,6 +28,7 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Iterator
+from types import ModuleType
 
 import torch
 
@@ -67,9 +68,8 @@ def _only_fa4_namespace() -> bool:
         importlib.util.find_spec("flash_attn.flash_attn_interface") is None  # fmt: skip
 
 
-def _cpp_problem() -> str:
+def _cpp_problem(cpp: ModuleType) -> str:
     """Why xformers' C++ library did not load ("" when it did), in the loader's own words."""
-    cpp = importlib.import_module("xformers._cpp_lib")
     exc = getattr(cpp, "_cpp_library_load_exception", None)
     if exc is None:
         return ""
@@ -104,11 +104,11 @@ def _available(family: str | None) -> Callable[[str], Availability]:
             _, reason = import_optional("xformers.ops", _MISSING)
         if reason:
             return Availability.no(reason)
-        problem = _cpp_problem()
+        cpp = importlib.import_module("xformers._cpp_lib")
+        problem = _cpp_problem(cpp)
         reason = cuda_reason(device, what=f"xformers' {family or 'memory_efficient_attention'} op")
         if reason:
             return Availability.no(f"{reason}; {problem}" if problem else reason)
-        cpp = importlib.import_module("xformers._cpp_lib")
         if not getattr(cpp, "_built_with_cuda", True) and torch.version.hip is None:
             return Availability.no(f"{problem or 'xformers was built without CUDA'}, so xformers "
                                    "refuses every CUDA op")  # fmt: skip
