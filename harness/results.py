@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ResultsError
-from harness.worker import SCHEMA_VERSION
+from harness.run.worker import SCHEMA_VERSION
 
 ROWS = "rows.jsonl"
 SAMPLES = "samples.jsonl"

@@ -49,7 +49,7 @@ def write_report(
     """
     data = load_report_data([Path(p) for p in run_dirs], baseline=baseline)
     if history_root is not None:
-        from harness.history import flag_history, load_history
+        from harness.regress.history import flag_history, load_history
 
         data.extra["history"] = flag_history(load_history(history_root))
     text, sections = render_report(data)

@@ -75,7 +75,7 @@ def history_section(data: ReportData) -> Section | None:
     frame = data.extra.get("history")
     if frame is None or len(frame) == 0:
         return None
-    from harness.nightly_figures import history_figure
+    from harness.report.history_figure import history_figure
 
     return Section("history", "History", [adopt(history_figure(frame))],
                    "Median time per night for every series; red crosses mark nights flagged as a "
@@ -87,9 +87,9 @@ def ring_model_section(data: ReportData) -> Section | None:
     rows = data.rows
     if rows.empty or not (rows["world_size"] > 1).any():
         return None
-    from harness.ring_model import ring_model_figure
+    from harness.model.ring import ring_model_figure
 
     return Section("ring_model", "Ring Attention model", [adopt(ring_model_figure())],
-                   "Analytic model (harness/ring_model.py, `harness model ring`): maximum context "
+                   "Analytic model (harness/model/ring.py, `harness model ring`): maximum context "
                    "vs number of devices per device profile; per-device memory is independent "
                    "of the total length, so the context grows linearly with P.")  # fmt: skip

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.case import Case
-from harness.flops import case_flops
+from harness.measure.flops import case_flops
 from harness.results import ROWS, SAMPLES, RunDir
 
 IMPLS = ("naive", "chunked", "sdpa_math", "sdpa_flash", "ring_demo")

@@ -434,7 +434,7 @@ def test_sdpa_cudnn_reasons(monkeypatch):
 def test_a_package_that_fails_on_use_is_an_error_row(monkeypatch, tmp_path):
     """The runner's worker process sees the fake package and records its failure verbatim."""
     from harness.results import RunDir
-    from harness.runner import plan, run_tasks
+    from harness.run.sweep import plan, run_tasks
     from harness.suite import parse_suite
 
     # xformers needs CUDA; here, in this process and (through sitecustomize) in the workers, the

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness.baseline import baseline_dir, describe, promote
+from harness.regress.baseline import baseline_dir, describe, promote
 from harness.cli import app
-from harness.compare import compare_paths
+from harness.regress.compare import compare_paths
 from harness.errors import HarnessError
-from harness.export.pytest_benchmark import stats, to_pytest_benchmark
-from harness.nightly_figures import comparison_figure
+from harness.regress.pytest_benchmark import stats, to_pytest_benchmark
+from harness.report.history_figure import comparison_figure
 from tests.helpers.synthetic_runs import failed_row, make_run, ok_row, samples
 
 

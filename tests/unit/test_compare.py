@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.compare import CompareError, compare_paths
-from harness.compare_format import markdown
+from harness.regress.compare import CompareError, compare_paths
+from harness.regress.render import markdown
 from harness.errors import ResultsError
 from tests.helpers.synthetic_runs import CASE, failed_row, make_run, ok_row, samples
 

@@ -7,8 +7,8 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.errors import ResultsError
-from harness.history import flag_history, latest_regressions, load_history, normalize
-from harness.nightly_figures import history_figure
+from harness.regress.history import flag_history, latest_regressions, load_history, normalize
+from harness.report.history_figure import history_figure
 from tests.helpers.synthetic_runs import failed_row, make_run, ok_row, samples
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from harness.case import Case
-from harness.flops import attention_fwd_flops, case_flops, layer_fwd_flops
+from harness.measure.flops import attention_fwd_flops, case_flops, layer_fwd_flops
 from harness.registry import REGISTRY
-from harness.worker import Task, execute
+from harness.run.worker import Task, execute
 from harness.workloads.layer import PARAM_NAMES, LayerWorkload
 
 LAYERS = ("vanilla_layer", "memeff_layer", "bpt_layer")

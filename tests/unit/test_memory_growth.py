@@ -6,7 +6,7 @@ import pytest
 
 from harness.measure.memory import cpu_peak_supported
 from harness.results import RunDir
-from harness.runner import plan, run_tasks
+from harness.run.sweep import plan, run_tasks
 from harness.suite import parse_suite
 from tests.conftest import tiny_suite
 

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from harness.distributed import FAULT_ENV
+from harness.run.ranks import FAULT_ENV
 from harness.results import RunDir
-from harness.runner import plan, run_tasks
+from harness.run.sweep import plan, run_tasks
 from harness.suite import parse_suite
 from tests.conftest import tiny_suite
 

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.results import RunDir
-from harness.ring_calibration import fit_link, validate
-from harness.ring_model import (
+from harness.model.ring_calibration import fit_link, validate
+from harness.model.ring import (
     PROFILES,
     BlockTimes,
     DeviceProfile,
@@ -68,7 +68,7 @@ def test_causal_zigzag_does_half_the_pairs_per_step() -> None:
 
 
 def _step_compute(w: Workload, world: int, n: int) -> list[float]:
-    from harness.ring_model import step_compute_s
+    from harness.model.ring import step_compute_s
 
     return step_compute_s(TOY, w, world, n, "fwd")
 
@@ -115,7 +115,7 @@ def test_max_context_grows_linearly_with_devices() -> None:
 
 
 def test_seven_b_on_eight_a100_is_near_the_papers_256k() -> None:
-    from harness.ring_model import MODELS
+    from harness.model.ring import MODELS
 
     s = max_context(PROFILES["a100-nvlink"], Workload(**MODELS["7b"]), 8)
     assert 200_000 <= s <= 320_000  # arXiv 2310.01889 Table 3: 256k

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from harness.results import RunDir, load_rows
-from harness.runner import plan, run_tasks
+from harness.run.sweep import plan, run_tasks
 from harness.suite import parse_suite
 from tests.conftest import tiny_suite
 

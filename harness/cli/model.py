@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from harness.ring_model import MODELS, ModelError, Workload, load_profile, table
+from harness.model.ring import MODELS, ModelError, Workload, load_profile, table
 
 
 def _gib(nbytes: float) -> str:
@@ -61,7 +61,7 @@ def model_ring_command(out: Console, *, profile: str, model: str, phase: str, ca
 
 def _print_validation(out: Console, run_dir: Path, stat: str,
                       fit_slots: bool) -> dict[str, Any]:  # fmt: skip
-    from harness.ring_calibration import validate
+    from harness.model.ring_calibration import validate
 
     prof, recs = validate(run_dir, stat, fit_slots)
     t = Table(title=f"calibrated on {run_dir}: link {prof.link_bytes_per_s / 1e9:.3g} GB/s, "

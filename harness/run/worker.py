@@ -17,11 +17,11 @@ import torch
 
 from harness.case import Case
 from harness.errors import Unavailable
-from harness.flops import case_flops
+from harness.measure.flops import case_flops
 from harness.measure.error import max_abs, rel_l2
 from harness.measure.memory import live_bytes, measure_peak
 from harness.measure.timing import summarize_ms, time_samples_ms
-from harness.phases import make_phase, run_once_for_check
+from harness.measure.phases import make_phase, run_once_for_check
 from harness.registry import REGISTRY
 from harness.workloads import get_workload
 from harness.workloads.base import Inputs, Reference
@@ -155,7 +155,7 @@ def _errors(task: Task, state: _CaseCache, out: torch.Tensor, grads) -> dict[str
 def _measure(task: Task) -> dict[str, Any]:
     _check_runnable(task)
     if task.case.world_size > 1:
-        from harness.distributed import run_ranks
+        from harness.run.ranks import run_ranks
 
         return run_ranks(task)
     impl = REGISTRY.get(task.impl)

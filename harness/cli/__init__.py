@@ -102,7 +102,7 @@ def run(
     """Run a suite: every case × implementation × phase, one row each, into a run directory."""
     from harness import provenance
     from harness.results import RunDir
-    from harness.runner import default_run_dir, plan, resolve_device, run_tasks
+    from harness.run.sweep import default_run_dir, plan, resolve_device, run_tasks
     from harness.suite import load_suite
 
     try:
@@ -217,7 +217,7 @@ def table_cmd(
 ) -> None:
     """Markdown tables of a run: implementations down, sequence lengths across."""
     from harness.results import load_rows
-    from harness.tables import pivot_markdown
+    from harness.report.tables import pivot_markdown
 
     try:
         text = pivot_markdown(load_rows(run_dir), metric or ["tflops", "peak", "err"])
@@ -256,7 +256,7 @@ def model_ring(
     fit_slots: bool = typer.Option(False, "--fit-slots", help="fit concurrent compute on P = 2"),
 ) -> None:
     """Ring Attention's per-step time, overlap, memory and max context for P = 1..max-p."""
-    from harness.ring_cli import model_ring_command
+    from harness.cli.model import model_ring_command
 
     try:
         model_ring_command(out, profile=profile, model=model, phase=phase, causal=causal,
@@ -290,8 +290,8 @@ def compare_cmd(
     """
     import json
 
-    from harness.compare import compare_paths
-    from harness.compare_format import markdown, table
+    from harness.regress.compare import compare_paths
+    from harness.regress.render import markdown, table
 
     try:
         result = compare_paths(baseline, candidate, time_tol=time_tol, mem_tol=mem_tol,
@@ -321,7 +321,7 @@ def history_cmd(
     html_path: Path = typer.Option(None, "--html", help="write the history figure here"),
 ) -> None:
     """Time series per case over many runs; exit 1 if a regression persists at the newest night."""
-    from harness.history import flag_history, latest_regressions, load_history, normalize
+    from harness.regress.history import flag_history, latest_regressions, load_history, normalize
     from harness.suite import CompareSettings
 
     try:
@@ -346,7 +346,7 @@ def history_cmd(
     if csv_path is not None:
         flagged.to_csv(csv_path, index=False)
     if html_path is not None:
-        from harness.nightly_figures import history_figure
+        from harness.report.history_figure import history_figure
 
         history_figure(flagged).write_html(html_path, include_plotlyjs="cdn")
     raise typer.Exit(1 if len(bad) else 0)
@@ -363,7 +363,7 @@ def baseline_promote(
     force: bool = typer.Option(False, "--force", help="replace a baseline / allow failed rows"),
 ) -> None:
     """Copy a run's data files to results/baselines/<device>/<suite>[-<profile>]."""
-    from harness.baseline import promote
+    from harness.regress.baseline import promote
 
     try:
         target = promote(run_dir, root, force=force)
@@ -378,7 +378,7 @@ def baseline_path(
     root: Path = typer.Option(Path("results/baselines"), "--root", help="baselines folder"),
 ) -> None:
     """Print where the baseline for this run's device, suite and profile lives (exists or not)."""
-    from harness.baseline import baseline_dir
+    from harness.regress.baseline import baseline_dir
 
     try:
         out.print(str(baseline_dir(run_dir, root)), highlight=False, soft_wrap=True)
@@ -396,7 +396,7 @@ def export_pytest_benchmark(
     output: Path = typer.Option(..., "-o", "--output", help="JSON file to write"),
 ) -> None:
     """Write the run as pytest-benchmark JSON (`pytest-benchmark compare FILE ...` reads it)."""
-    from harness.export.pytest_benchmark import export
+    from harness.regress.pytest_benchmark import export
 
     try:
         count = export(run_dir, output)

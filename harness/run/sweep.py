@@ -30,7 +30,7 @@ from harness.errors import HarnessError, SuiteError
 from harness.measure.memory import MALLOC_ENV, TIMING_MALLOC_ENV
 from harness.results import RunDir
 from harness.suite import Suite
-from harness.worker import Task, base_row, worker_main
+from harness.run.worker import Task, base_row, worker_main
 
 _START_TIMEOUT_S = 180.0
 

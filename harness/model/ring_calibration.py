@@ -1,4 +1,4 @@
-"""Calibrate the ring model (harness/ring_model.py) on a gloo run and check its predictions.
+"""Calibrate the ring model (harness/model/ring.py) on a gloo run and check its predictions.
 
 From a run directory of the `ring` implementation (suites/ring_model_validation.yaml):
 - per-block compute time: the P = 1 rows at the local length n = S/P (forward, and fwd_bwd minus
@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness.ring_model import (
+from harness.model.ring import (
     PROFILES,
     BlockTimes,
     DeviceProfile,

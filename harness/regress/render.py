@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.compare import Comparison, RowResult, TimeStats
+from harness.regress.compare import Comparison, RowResult, TimeStats
 
 _SHOWN = ("regression", "missing", "changed", "vanished", "new", "improvement")
 

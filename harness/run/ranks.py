@@ -26,10 +26,10 @@ import torch
 import torch.distributed as dist
 
 from harness.errors import Unavailable
-from harness.flops import case_flops
+from harness.measure.flops import case_flops
 from harness.measure.memory import measure_peak
 from harness.measure.timing import summarize_ms
-from harness.phases import make_phase, run_once_for_check
+from harness.measure.phases import make_phase, run_once_for_check
 from harness.registry import REGISTRY
 from harness.workloads.attention import make_qkv
 from harness.workloads.base import Bound, Inputs
@@ -79,7 +79,7 @@ def run_ranks(task: Any) -> dict[str, Any]:
 
 
 def _rank_main(rank: int, world: int, port: int, task: Any, results: Any) -> None:
-    from harness.worker import classify
+    from harness.run.worker import classify
 
     fault = os.environ.get(FAULT_ENV, "")
     if fault == f"die:{rank}":
@@ -175,7 +175,7 @@ def _gather_seq(t: torch.Tensor, layout: str, world: int) -> torch.Tensor | None
 
 
 def _measure_rank(task: Any, rank: int, world: int) -> dict[str, Any]:
-    from harness.worker import _CaseCache, _errors
+    from harness.run.worker import _CaseCache, _errors
     from implementations.ring.ring_exchange import observe
     from implementations.ring.seq_layouts import load_imbalance, shard_sequence
 

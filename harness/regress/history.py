@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from harness.compare import FAILED
+from harness.regress.compare import FAILED
 from harness.errors import ResultsError
 from harness.results import RunDir
 from harness.suite import CompareSettings

@@ -12,7 +12,7 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harness.compare import FAILED
+from harness.regress.compare import FAILED
 from harness.errors import HarnessError, ResultsError
 from harness.results import ROWS, RUN, SAMPLES, SUITE, RunDir, write_json_atomic
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.history import SERIES
+from harness.regress.history import SERIES
 
 
 def history_figure(frame: Any, *, title: str = "history: median time per night") -> Any:

@@ -1,1 +1,0 @@
-"""Exporters of run directories to other tools' formats."""
