@@ -216,8 +216,8 @@ def table_cmd(
     out_path: Path = typer.Option(None, "-o", "--out", help="write the Markdown here"),
 ) -> None:
     """Markdown tables of a run: implementations down, sequence lengths across."""
-    from harness.results import load_rows
     from harness.report.tables import pivot_markdown
+    from harness.results import load_rows
 
     try:
         text = pivot_markdown(load_rows(run_dir), metric or ["tflops", "peak", "err"])

@@ -12,8 +12,8 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harness.regress.compare import FAILED
 from harness.errors import HarnessError, ResultsError
+from harness.regress.compare import FAILED
 from harness.results import ROWS, RUN, SAMPLES, SUITE, RunDir, write_json_atomic
 
 DEFAULT_ROOT = Path("results/baselines")

@@ -14,8 +14,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from harness.regress.compare import FAILED
 from harness.errors import ResultsError
+from harness.regress.compare import FAILED
 from harness.results import RunDir
 from harness.suite import CompareSettings
 

@@ -28,8 +28,8 @@ import torch.distributed as dist
 from harness.errors import Unavailable
 from harness.measure.flops import case_flops
 from harness.measure.memory import measure_peak
-from harness.measure.timing import summarize_ms
 from harness.measure.phases import make_phase, run_once_for_check
+from harness.measure.timing import summarize_ms
 from harness.registry import REGISTRY
 from harness.workloads.attention import make_qkv
 from harness.workloads.base import Bound, Inputs

@@ -29,8 +29,8 @@ import torch
 from harness.errors import HarnessError, SuiteError
 from harness.measure.memory import MALLOC_ENV, TIMING_MALLOC_ENV
 from harness.results import RunDir
-from harness.suite import Suite
 from harness.run.worker import Task, base_row, worker_main
+from harness.suite import Suite
 
 _START_TIMEOUT_S = 180.0
 

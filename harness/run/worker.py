@@ -17,11 +17,11 @@ import torch
 
 from harness.case import Case
 from harness.errors import Unavailable
-from harness.measure.flops import case_flops
 from harness.measure.error import max_abs, rel_l2
+from harness.measure.flops import case_flops
 from harness.measure.memory import live_bytes, measure_peak
-from harness.measure.timing import summarize_ms, time_samples_ms
 from harness.measure.phases import make_phase, run_once_for_check
+from harness.measure.timing import summarize_ms, time_samples_ms
 from harness.registry import REGISTRY
 from harness.workloads import get_workload
 from harness.workloads.base import Inputs, Reference

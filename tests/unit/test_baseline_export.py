@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness.regress.baseline import baseline_dir, describe, promote
 from harness.cli import app
-from harness.regress.compare import compare_paths
 from harness.errors import HarnessError
+from harness.regress.baseline import baseline_dir, describe, promote
+from harness.regress.compare import compare_paths
 from harness.regress.pytest_benchmark import stats, to_pytest_benchmark
 from harness.report.history_figure import comparison_figure
 from tests.helpers.synthetic_runs import failed_row, make_run, ok_row, samples

@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
+from harness.errors import ResultsError
 from harness.regress.compare import CompareError, compare_paths
 from harness.regress.render import markdown
-from harness.errors import ResultsError
 from tests.helpers.synthetic_runs import CASE, failed_row, make_run, ok_row, samples
 
 OTHER = "attn-b1-s2048-h8-d64-float32-full-bsauto"

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from harness.run.ranks import FAULT_ENV
 from harness.results import RunDir
+from harness.run.ranks import FAULT_ENV
 from harness.run.sweep import plan, run_tasks
 from harness.suite import parse_suite
 from tests.conftest import tiny_suite

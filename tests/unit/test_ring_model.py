@@ -8,8 +8,6 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.results import RunDir
-from harness.model.ring_calibration import fit_link, validate
 from harness.model.ring import (
     PROFILES,
     BlockTimes,
@@ -23,6 +21,8 @@ from harness.model.ring import (
     predict,
     ring_model_figure,
 )
+from harness.model.ring_calibration import fit_link, validate
+from harness.results import RunDir
 
 # round numbers: 1e12 FLOP/s, 1e9 B/s, 1 ms latency, 1e9 bytes of memory
 TOY = DeviceProfile(name="toy", peak_flops=1e12, link_bytes_per_s=1e9, link_latency_s=1e-3,

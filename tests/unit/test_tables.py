@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.errors import HarnessError
-from harness.results import load_rows
 from harness.report.tables import pivot_markdown
+from harness.results import load_rows
 from tests.helpers.synthetic_runs import failed_row, make_run, ok_row
 
 
