@@ -2,28 +2,35 @@
 
 Public API (layout (batch, seq, heads, head_dim) throughout):
     harness.attention(name, q, k, v, *, causal=False, block_size=None) -> Tensor
-    harness.ring_attention(q, k, v, *, causal=False, layout="zigzag", group=None) -> Tensor
-    harness.shard_sequence(x, *, layout, rank, world_size, dim=1) / harness.gather_sequence(...)
+    harness.ring_attention(q, k, v, *, causal=False, seq_layout="zigzag", group=None) -> Tensor
+    harness.shard_sequence(x, *, seq_layout, rank, world_size, dim=1) / harness.gather_sequence(...)
     harness.Unavailable, harness.REGISTRY, harness.Impl, harness.Availability
+
+Importing `harness` imports neither torch nor any implementation: the read-only commands (`show`,
+`report`, `compare`, ...) start in a fraction of a second. `attention` and the functions that
+implementations export (`Impl.api`, e.g. ring's) load on first use.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from harness.errors import SuiteError, Unavailable, UnknownImplementation
+from harness.registry import REGISTRY, Availability, Impl, register
+
 __version__ = "0.1.0"
 
-from harness.api import attention  # noqa: E402
-from harness.errors import SuiteError, Unavailable, UnknownImplementation  # noqa: E402
-from harness.registry import REGISTRY, Availability, Impl, register  # noqa: E402
 
-_RING_API = ("ring_attention", "shard_sequence", "gather_sequence")
+def __getattr__(name: str) -> Any:
+    """`attention`, and the public functions implementations export, imported on first use."""
+    if name == "attention":
+        from harness.api import attention
 
-
-def __getattr__(name: str):
-    """Ring attention's API, imported on first use (it lives with the implementation)."""
-    if name in _RING_API:
-        import implementations.ring as ring
-
-        return getattr(ring, name)
+        return attention
+    if not name.startswith("_"):
+        exported = REGISTRY.exported(name)
+        if exported is not None:
+            return exported
     raise AttributeError(f"module 'harness' has no attribute {name!r}")
 
 

@@ -32,7 +32,7 @@ class Case:
     dtype: DType = "float32"
     causal: bool = False
     world_size: int = 1
-    layout: SeqLayout = "contiguous"
+    seq_layout: SeqLayout = "contiguous"
     hidden: int | None = None
     ffn_expansion: int = 4
 
@@ -49,7 +49,7 @@ class Case:
             head = f"attn-b{self.batch}-s{self.seq_len}-h{self.num_heads}-d{self.head_dim}"
         name = f"{head}-{self.dtype}-{mask}-bs{block}"
         if self.world_size > 1:
-            name += f"-p{self.world_size}-{self.layout}"
+            name += f"-p{self.world_size}-{self.seq_layout}"
         return name
 
     @property

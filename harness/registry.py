@@ -8,7 +8,7 @@ packages register through the entry-point group `harness.implementations`, whose
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Literal
@@ -66,6 +66,9 @@ class Impl:
     available: Callable[[str], Availability] = _always
     unsupported: Callable[[Any, str], list[str]] = _no_limits
     tags: tuple[str, ...] = field(default_factory=tuple)
+    # Public functions this implementation adds to the `harness` namespace (ring's
+    # `ring_attention`, `shard_sequence`, `gather_sequence`), so `harness` never imports it by name.
+    api: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
 
 
 class Registry:
@@ -112,6 +115,14 @@ class Registry:
     def all(self) -> list[Impl]:
         self._load()
         return list(self._impls.values())
+
+    def exported(self, name: str) -> Callable[..., Any] | None:
+        """The public function `name` that some implementation exports (`Impl.api`), or None."""
+        self._load()
+        for impl in self._impls.values():
+            if name in impl.api:
+                return impl.api[name]
+        return None
 
 
 def _as_impls(obj: Any) -> Iterable[Impl]:

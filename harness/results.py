@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ResultsError
-from harness.run.worker import SCHEMA_VERSION
+from harness.rows import READABLE_VERSIONS, SCHEMA_VERSION, row_key, upgrade
 
 ROWS = "rows.jsonl"
 SAMPLES = "samples.jsonl"
@@ -69,9 +69,10 @@ class RunDir:
         if not (run.path / RUN).is_file():
             raise ResultsError(f"not a run directory (no {RUN}): {run.path}")
         version = run.meta().get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ResultsError(
-                f"{run.path}: schema_version {version!r}; this harness reads {SCHEMA_VERSION}"
+                f"{run.path}: schema_version {version!r}; this harness reads "
+                f"{', '.join(map(str, READABLE_VERSIONS))}"
             )
         return run
 
@@ -106,13 +107,13 @@ class RunDir:
                     os.fsync(f.fileno())
 
     def rows(self) -> list[dict[str, Any]]:
-        return _read_lines(self.path / ROWS)
+        return [upgrade(r) for r in _read_lines(self.path / ROWS)]
 
     def samples(self) -> list[dict[str, Any]]:
         return _read_lines(self.path / SAMPLES)
 
     def done_keys(self) -> set[tuple[str, str, str]]:
-        return {(r["case"], r["impl"], r["phase"]) for r in self.rows()}
+        return {row_key(r) for r in self.rows()}
 
 
 def load_rows(path: str | Path):

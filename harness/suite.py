@@ -33,7 +33,7 @@ class Sweep(_Strict):
     dtype: list[DType] = Field(default=["float32"], min_length=1)
     causal: list[bool] = Field(default=[False], min_length=1)
     world_size: list[PositiveInt] = Field(default=[1], min_length=1)
-    layout: list[SeqLayout] = Field(default=["contiguous"], min_length=1)
+    seq_layout: list[SeqLayout] = Field(default=["contiguous"], min_length=1)
     hidden: list[PositiveInt | None] = Field(default=[None], min_length=1)
     ffn_expansion: list[PositiveInt] = Field(default=[4], min_length=1)
     phase: list[Phase] = Field(default=["fwd"], min_length=1)
@@ -109,15 +109,15 @@ class Suite(_Strict):
         seen: dict[str, Case] = {}
         for values in itertools.product(
             s.batch, s.seq_len, s.num_heads, s.head_dim, s.hidden, s.ffn_expansion,
-            s.dtype, s.causal, s.block_size, s.world_size, s.layout,
+            s.dtype, s.causal, s.block_size, s.world_size, s.seq_layout,
         ):  # fmt: skip
-            batch, seq, heads, hd, hidden, ffn, dtype, causal, block, world, layout = values
+            batch, seq, heads, hd, hidden, ffn, dtype, causal, block, world, seq_layout = values
             case = Case(
                 workload=self.workload, batch=batch, seq_len=seq, num_heads=heads,
                 head_dim=(hidden // heads if self.workload == "layer" and hidden else hd),
                 hidden=hidden if self.workload == "layer" else None,
                 ffn_expansion=ffn, dtype=dtype, causal=causal, block_size=block,
-                world_size=world, layout=layout if world > 1 else "contiguous",
+                world_size=world, seq_layout=seq_layout if world > 1 else "contiguous",
             )  # fmt: skip
             seen.setdefault(case.name, case)
         return list(seen.values())

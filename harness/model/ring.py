@@ -105,7 +105,7 @@ class Workload(_Strict):
     dtype_bytes: PositiveInt = 2
     grad_bytes: PositiveInt = Field(default=4, description="dK/dV accumulators on the ring")
     causal: bool = False
-    layout: Literal["contiguous", "striped", "zigzag"] = "zigzag"
+    seq_layout: Literal["contiguous", "striped", "zigzag"] = "zigzag"
     phase: Phase = "fwd_bwd"
     hidden: PositiveInt = 4096
     num_layers: PositiveInt = 32
@@ -166,7 +166,7 @@ def _step_pairs(w: Workload, world: int, n: int) -> list[tuple[int, int]]:
     for step in range(world):
         worst = (0, 0)
         for rank in range(world):
-            pieces = plan(w.layout, rank=rank, source=(rank - step) % world, world_size=world,
+            pieces = plan(w.seq_layout, rank=rank, source=(rank - step) % world, world_size=world,
                           local_len=n, causal=w.causal)  # fmt: skip
             full = sum(p.pairs(n) for p in pieces if p.mask == "full")
             diag = sum(p.pairs(n) for p in pieces if p.mask != "full")
@@ -304,7 +304,7 @@ def max_context(profile: DeviceProfile, w: Workload, world: int) -> int:
     room = profile.memory_bytes - fixed
     if room <= 0:
         return 0
-    d = 2 * world if (w.layout == "zigzag" and world > 1) else world
+    d = 2 * world if (w.seq_layout == "zigzag" and world > 1) else world
     return int(math.floor(room / per_token) * world) // d * d
 
 

@@ -131,12 +131,12 @@ def _validate(
             continue
         w = Workload(batch=r["batch"], num_heads=r["num_heads"], head_dim=r["head_dim"],
                      dtype_bytes=_BYTES[r["dtype"]], causal=bool(r["causal"]),
-                     layout=r["layout"], phase=r["phase"])  # fmt: skip
+                     seq_layout=r["seq_layout"], phase=r["phase"])  # fmt: skip
         pred = predict(profile, w, p, s, blocks)
         measured = r[f"time_ms_{stat}"]
         out.append({
             "case": r["case"], "phase": r["phase"], "world_size": p, "seq_len": s,
-            "causal": bool(r["causal"]), "layout": r["layout"],
+            "causal": bool(r["causal"]), "seq_layout": r["seq_layout"],
             "stat": stat, "measured_ms": measured,
             "predicted_ms": pred.total_s * 1e3,
             "error_pct": 100.0 * (pred.total_s * 1e3 - measured) / measured,

@@ -13,8 +13,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from harness.errors import HarnessError, ResultsError
-from harness.regress.compare import FAILED
 from harness.results import ROWS, RUN, SAMPLES, SUITE, RunDir, write_json_atomic
+from harness.rows import FAILED
 
 DEFAULT_ROOT = Path("results/baselines")
 MARKER = "baseline.json"

@@ -32,7 +32,6 @@ Verdict = Literal["regression", "missing", "changed", "new", "vanished", "improv
 VERDICT_ORDER: tuple[str, ...] = (
     "regression", "missing", "changed", "vanished", "new", "improvement", "unchanged",
 )  # fmt: skip
-FAILED = ("oom", "error", "timeout")
 ERR_FLOOR = 1e-9  # absolute slack so that an error of ~0 (float64) cannot trip a ratio test
 NAIVE_RULE_OUT = 2.0  # ANCHORS.md: err(impl) <= 2 x err(naive in the same low precision) + floor
 NAIVE_RULE_GRAD = 3.0  # and 2-3 x for gradients

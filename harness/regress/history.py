@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ResultsError
-from harness.regress.compare import FAILED
 from harness.results import RunDir
+from harness.rows import FAILED
 from harness.suite import CompareSettings
 
 SERIES = ["suite_name", "profile", "device_name", "case", "impl", "phase"]

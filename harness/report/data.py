@@ -14,13 +14,10 @@ import pandas as pd
 
 from harness.results import RunDir, load_rows
 
-STATUSES: tuple[str, ...] = ("ok", "skipped", "unsupported", "oom", "timeout", "error")
-FAILED: tuple[str, ...] = ("oom", "timeout", "error")
-
 # Case axes in the order a reader thinks about them; the ones that vary name a line.
 AXES: tuple[str, ...] = (
     "workload", "batch", "seq_len", "num_heads", "head_dim", "hidden", "block_size", "dtype",
-    "causal", "world_size", "layout",
+    "causal", "world_size", "seq_layout",
 )  # fmt: skip
 
 COLUMNS: tuple[str, ...] = (

@@ -7,7 +7,8 @@ from typing import Any
 import pandas as pd
 
 from harness.report.common import esc
-from harness.report.data import STATUSES, ReportData
+from harness.report.data import ReportData
+from harness.rows import STATUSES
 
 
 def status_counts(rows: pd.DataFrame) -> dict[str, int]:

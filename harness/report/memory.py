@@ -30,8 +30,8 @@ from harness.report.common import (
     template,
     with_lines_and_slices,
 )  # fmt: skip
-from harness.report.data import FAILED
 from harness.report.sections import figure_section
+from harness.rows import FAILED
 
 MEM = "peak_mem_bytes"
 PLOTTED = ("seq_len", "dtype", "causal", "phase")

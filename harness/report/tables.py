@@ -18,7 +18,7 @@ from harness.errors import HarnessError
 # Axes that split tables when they take more than one value in the run (seq_len is the columns).
 SPLIT_AXES = (
     "workload", "phase", "dtype", "causal", "head_dim", "num_heads", "batch", "block_size",
-    "world_size", "layout", "hidden", "ffn_expansion", "device",
+    "world_size", "seq_layout", "hidden", "ffn_expansion", "device",
 )  # fmt: skip
 
 

@@ -171,7 +171,7 @@ def _gather_seq(t: torch.Tensor, layout: str, world: int) -> torch.Tensor | None
 
     parts = [torch.empty_like(t) for _ in range(world)]
     dist.all_gather(parts, t.contiguous())
-    return gather_sequence([p.cpu() for p in parts], layout=layout, dim=1)
+    return gather_sequence([p.cpu() for p in parts], seq_layout=layout, dim=1)
 
 
 def _measure_rank(task: Any, rank: int, world: int) -> dict[str, Any]:
@@ -184,7 +184,7 @@ def _measure_rank(task: Any, rank: int, world: int) -> dict[str, Any]:
     full = make_qkv(case, device, task.seed)
     dout_full = torch.randn(full["q"].shape, generator=torch.Generator().manual_seed(task.seed + 1)
                             ).to(case.torch_dtype).to(device)  # fmt: skip
-    shard = lambda t: shard_sequence(t, layout=case.layout, rank=rank, world_size=world)  # noqa: E731
+    shard = lambda t: shard_sequence(t, seq_layout=case.seq_layout, rank=rank, world_size=world)  # noqa: E731
     needs_grad = task.phase != "fwd"
     local = {n: shard(t).detach().requires_grad_(needs_grad) for n, t in full.items()}
     dout = shard(dout_full) if needs_grad else None
@@ -192,12 +192,12 @@ def _measure_rank(task: Any, rank: int, world: int) -> dict[str, Any]:
 
     def forward() -> torch.Tensor:
         return impl.forward(local["q"], local["k"], local["v"], causal=case.causal,
-                            block_size=case.block_size, layout=case.layout)  # fmt: skip
+                            block_size=case.block_size, seq_layout=case.seq_layout)  # fmt: skip
 
     bound = Bound(forward=forward, leaves=local if needs_grad else {})
     out, grads = run_once_for_check(task.phase, bound, dout)
-    out_full = _gather_seq(out, case.layout, world)
-    grads_full = ({n: _gather_seq(g, case.layout, world) for n, g in grads.items()}
+    out_full = _gather_seq(out, case.seq_layout, world)
+    grads_full = ({n: _gather_seq(g, case.seq_layout, world) for n, g in grads.items()}
                   if grads is not None else None)  # fmt: skip
     row: dict[str, Any] = {}
     if rank == 0:
@@ -246,7 +246,7 @@ def _measure_rank(task: Any, rank: int, world: int) -> dict[str, Any]:
         "comm_ms": comm, "exposed_comm_ms": exposed,
         "exposed_comm_ms_per_rank": [r["exposed_ms"] for r in everyone],
         "overlap_fraction": max(0.0, min(1.0, 1.0 - exposed / comm)) if comm > 0 else None,
-        "load_imbalance": load_imbalance(case.layout, world_size=world,
+        "load_imbalance": load_imbalance(case.seq_layout, world_size=world,
                                          local_len=case.seq_len // world, causal=case.causal),
         "comm_backend": dist.get_backend(),
     })  # fmt: skip

@@ -23,10 +23,9 @@ from harness.measure.memory import live_bytes, measure_peak
 from harness.measure.phases import make_phase, run_once_for_check
 from harness.measure.timing import summarize_ms, time_samples_ms
 from harness.registry import REGISTRY
+from harness.rows import new_row
 from harness.workloads import get_workload
 from harness.workloads.base import Inputs, Reference
-
-SCHEMA_VERSION = 1
 
 
 class Unsupported(Exception):
@@ -66,11 +65,8 @@ _cache = _CaseCache()
 
 
 def base_row(task: Task) -> dict[str, Any]:
-    case = task.case
-    row: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "case": case.name, "impl": task.impl,
-                           "phase": task.phase, "device": task.device}  # fmt: skip
-    row.update(case.to_dict())
-    return row
+    return dict(new_row(task.case.to_dict(), case_name=task.case.name, impl=task.impl,
+                        phase=task.phase, device=task.device))  # fmt: skip
 
 
 def classify(exc: BaseException) -> tuple[str, str]:

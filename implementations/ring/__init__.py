@@ -1,7 +1,7 @@
 """Ring attention (arXiv 2310.01889): sequence layouts, ring exchange, and the attention itself.
 
 Registers `ring`: it runs on the process group the harness starts for a case's `world_size` (one
-rank, no communication, at world_size 1) and takes inputs already sharded by the case's layout.
+rank, no communication, at world_size 1) and takes inputs already sharded by the case's seq_layout.
 """
 
 from __future__ import annotations
@@ -26,17 +26,19 @@ def _available(device: str) -> Availability:
 
 
 def _unsupported(case: Any, device: str) -> list[str]:
-    reason = unsupported_reason(case.seq_len, case.layout, case.world_size)
+    reason = unsupported_reason(case.seq_len, case.seq_layout, case.world_size)
     return [reason] if reason else []
 
 
 def _forward(q_bshd: torch.Tensor, k_bshd: torch.Tensor, v_bshd: torch.Tensor, *, causal: bool,
-             block_size: int | None = None, layout: str = "contiguous",
+             block_size: int | None = None, seq_layout: str = "contiguous",
              group: Any = None) -> torch.Tensor:  # fmt: skip
     """The registry's signature; each local block is one fused kernel call (block_size unused)."""
-    return ring_attention(q_bshd, k_bshd, v_bshd, causal=causal, layout=layout, group=group)
+    return ring_attention(q_bshd, k_bshd, v_bshd, causal=causal, seq_layout=seq_layout, group=group)
 
 
 RING = register(Impl(name="ring", label="Ring attention", forward=_forward, layout="bshd",
                      needs_process_group=True, available=_available,
-                     unsupported=_unsupported, tags=("distributed",)))  # fmt: skip
+                     unsupported=_unsupported, tags=("distributed",),
+                     api={"ring_attention": ring_attention, "shard_sequence": shard_sequence,
+                          "gather_sequence": gather_sequence}))  # fmt: skip

@@ -30,7 +30,7 @@ def _world(group: Any) -> tuple[int, int]:
     return dist.get_rank(group), dist.get_world_size(group)
 
 
-def ring_fwd(q_bhsd, k_bhsd, v_bhsd, *, causal: bool, layout: str, scale: float, group: Any):
+def ring_fwd(q_bhsd, k_bhsd, v_bhsd, *, causal: bool, seq_layout: str, scale: float, group: Any):
     """(out_bhsd in the input dtype, lse_bhs) of this rank's queries over the whole sequence."""
     rank, world = _world(group)
     n = q_bhsd.shape[-2]
@@ -45,7 +45,7 @@ def ring_fwd(q_bhsd, k_bhsd, v_bhsd, *, causal: bool, layout: str, scale: float,
             incoming = torch.empty_like(kv)
             pending = ring.start([kv], [incoming])
         source = (rank - step) % world
-        for piece in plan(layout, rank=rank, source=source, world_size=world, local_len=n,
+        for piece in plan(seq_layout, rank=rank, source=source, world_size=world, local_len=n,
                           causal=causal):  # fmt: skip
             o, lse = block_fwd(q_bhsd[..., piece.q, :], kv[0][..., piece.kv, :],
                                kv[1][..., piece.kv, :], scale=scale,
@@ -57,7 +57,7 @@ def ring_fwd(q_bhsd, k_bhsd, v_bhsd, *, causal: bool, layout: str, scale: float,
     return out_acc.to(q_bhsd.dtype), lse_acc
 
 
-def ring_bwd(dout_bhsd, q_bhsd, k_bhsd, v_bhsd, out_bhsd, lse_bhs, *, causal: bool, layout: str,
+def ring_bwd(dout_bhsd, q_bhsd, k_bhsd, v_bhsd, out_bhsd, lse_bhs, *, causal: bool, seq_layout: str,
              scale: float, group: Any):  # fmt: skip
     """(dq, dk, dv) of this rank's shard; dK/dV of every block are summed over all ranks."""
     rank, world = _world(group)
@@ -83,7 +83,7 @@ def ring_bwd(dout_bhsd, q_bhsd, k_bhsd, v_bhsd, out_bhsd, lse_bhs, *, causal: bo
         pending = ring.start(sends, recvs) if sends else None
         source = (rank - step) % world
         dkv = torch.zeros(kv.shape, dtype=acc, device=kv.device)
-        for piece in plan(layout, rank=rank, source=source, world_size=world, local_len=n,
+        for piece in plan(seq_layout, rank=rank, source=source, world_size=world, local_len=n,
                           causal=causal):  # fmt: skip
             dq_p, dk_p, dv_p = block_bwd(
                 dout_bhsd[..., piece.q, :], q_bhsd[..., piece.q, :], kv[0][..., piece.kv, :],
@@ -112,12 +112,12 @@ class RingAttention(torch.autograd.Function):
     """Saves the local q, k, v, out and lse; backward runs the ring again."""
 
     @staticmethod
-    def forward(ctx, q_bhsd, k_bhsd, v_bhsd, causal: bool, layout: str, scale: float,
+    def forward(ctx, q_bhsd, k_bhsd, v_bhsd, causal: bool, seq_layout: str, scale: float,
                 group: Any):  # fmt: skip
-        out_bhsd, lse_bhs = ring_fwd(q_bhsd, k_bhsd, v_bhsd, causal=causal, layout=layout,
+        out_bhsd, lse_bhs = ring_fwd(q_bhsd, k_bhsd, v_bhsd, causal=causal, seq_layout=seq_layout,
                                      scale=scale, group=group)  # fmt: skip
         ctx.save_for_backward(q_bhsd, k_bhsd, v_bhsd, out_bhsd, lse_bhs)
-        ctx.settings = {"causal": causal, "layout": layout, "scale": scale, "group": group}
+        ctx.settings = {"causal": causal, "seq_layout": seq_layout, "scale": scale, "group": group}
         return out_bhsd
 
     @staticmethod
@@ -127,23 +127,23 @@ class RingAttention(torch.autograd.Function):
 
 
 def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
-                   layout: str = "zigzag", group: Any = None) -> torch.Tensor:  # fmt: skip
+                   seq_layout: str = "zigzag", group: Any = None) -> torch.Tensor:  # fmt: skip
     """Attention of this rank's shard over the whole ring; gradients flow through.
 
     q, k, v: (batch, local_seq, heads, head_dim), this rank's part laid out by
-    `shard_sequence(x, layout=layout, rank=rank, world_size=world_size, dim=1)`; the output is this
-    rank's part of the full output in the same layout. Without an initialized process group (or
-    with a group of one) it is plain blockwise attention on one device.
+    `shard_sequence(x, seq_layout=seq_layout, rank=rank, world_size=world_size, dim=1)`; the
+    output is this rank's part of the full output in the same seq_layout. Without an initialized
+    process group (or with a group of one) it is plain blockwise attention on one device.
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown sequence layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
+    if seq_layout not in LAYOUTS:
+        raise ValueError(f"unknown seq_layout {seq_layout!r}; allowed: {', '.join(LAYOUTS)}")
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(f"q, k, v must share the shape (batch, local_seq, heads, head_dim); got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")  # fmt: skip
     _, world = _world(group)
-    if causal and layout == "zigzag" and world > 1 and q.shape[1] % 2:
+    if causal and seq_layout == "zigzag" and world > 1 and q.shape[1] % 2:
         raise ValueError(f"zigzag needs an even local length (two chunks); got {q.shape[1]}")
     scale = 1.0 / math.sqrt(q.shape[-1])
     q_bhsd, k_bhsd, v_bhsd = (t.transpose(1, 2).contiguous() for t in (q, k, v))
-    out = RingAttention.apply(q_bhsd, k_bhsd, v_bhsd, causal, layout, scale, group)
+    out = RingAttention.apply(q_bhsd, k_bhsd, v_bhsd, causal, seq_layout, scale, group)
     return out.transpose(1, 2)

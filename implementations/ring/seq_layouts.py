@@ -35,36 +35,36 @@ class Piece:
         return nq * nk if self.mask == "full" else nq * (nq + 1) // 2
 
 
-def _check_layout(layout: str) -> None:
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown sequence layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
+def _check_layout(seq_layout: str) -> None:
+    if seq_layout not in LAYOUTS:
+        raise ValueError(f"unknown seq_layout {seq_layout!r}; allowed: {', '.join(LAYOUTS)}")
 
 
-def divisor(layout: str, world_size: int) -> int:
-    """The sequence length must be a multiple of this for `layout` on `world_size` ranks."""
-    _check_layout(layout)
-    return 2 * world_size if layout == "zigzag" and world_size > 1 else world_size
+def divisor(seq_layout: str, world_size: int) -> int:
+    """The sequence length must be a multiple of this for `seq_layout` on `world_size` ranks."""
+    _check_layout(seq_layout)
+    return 2 * world_size if seq_layout == "zigzag" and world_size > 1 else world_size
 
 
-def unsupported_reason(seq_len: int, layout: str, world_size: int) -> str | None:
-    d = divisor(layout, world_size)
+def unsupported_reason(seq_len: int, seq_layout: str, world_size: int) -> str | None:
+    d = divisor(seq_layout, world_size)
     if seq_len % d:
-        return (f"seq_len {seq_len} is not a multiple of {d} (layout {layout!r} on "
+        return (f"seq_len {seq_len} is not a multiple of {d} (seq_layout {seq_layout!r} on "
                 f"{world_size} ranks); padding is not implemented")  # fmt: skip
     return None
 
 
-def positions(seq_len: int, *, layout: str, rank: int, world_size: int) -> torch.Tensor:
+def positions(seq_len: int, *, seq_layout: str, rank: int, world_size: int) -> torch.Tensor:
     """Global sequence positions held by `rank`, in local order."""
-    reason = unsupported_reason(seq_len, layout, world_size)
+    reason = unsupported_reason(seq_len, seq_layout, world_size)
     if reason:
         raise ValueError(reason)
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
     n = seq_len // world_size
-    if layout == "contiguous" or world_size == 1:
+    if seq_layout == "contiguous" or world_size == 1:
         return torch.arange(rank * n, (rank + 1) * n)
-    if layout == "striped":
+    if seq_layout == "striped":
         return torch.arange(rank, seq_len, world_size)
     c = n // 2
     first = torch.arange(rank * c, (rank + 1) * c)
@@ -72,19 +72,19 @@ def positions(seq_len: int, *, layout: str, rank: int, world_size: int) -> torch
     return torch.cat([first, torch.arange(last, last + c)])
 
 
-def shard_sequence(x: torch.Tensor, *, layout: str, rank: int, world_size: int,
+def shard_sequence(x: torch.Tensor, *, seq_layout: str, rank: int, world_size: int,
                    dim: int = 1) -> torch.Tensor:  # fmt: skip
     """This rank's part of `x` along `dim` (a contiguous copy)."""
-    idx = positions(x.shape[dim], layout=layout, rank=rank, world_size=world_size)
+    idx = positions(x.shape[dim], seq_layout=seq_layout, rank=rank, world_size=world_size)
     return x.index_select(dim, idx.to(x.device)).contiguous()
 
 
-def gather_sequence(shards: list[torch.Tensor], *, layout: str, dim: int = 1) -> torch.Tensor:
+def gather_sequence(shards: list[torch.Tensor], *, seq_layout: str, dim: int = 1) -> torch.Tensor:
     """The inverse of `shard_sequence`: the full tensor from every rank's shard, in rank order."""
     world_size = len(shards)
     seq_len = sum(s.shape[dim] for s in shards)
     stacked = torch.cat(shards, dim=dim)
-    order = torch.cat([positions(seq_len, layout=layout, rank=r, world_size=world_size)
+    order = torch.cat([positions(seq_len, seq_layout=seq_layout, rank=r, world_size=world_size)
                        for r in range(world_size)])  # fmt: skip
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(seq_len)
@@ -94,17 +94,17 @@ def gather_sequence(shards: list[torch.Tensor], *, layout: str, dim: int = 1) ->
 _ALL = slice(None)
 
 
-def plan(layout: str, *, rank: int, source: int, world_size: int, local_len: int,
+def plan(seq_layout: str, *, rank: int, source: int, world_size: int, local_len: int,
          causal: bool) -> list[Piece]:  # fmt: skip
     """Pieces of work for this rank's queries against the K/V block held by rank `source`."""
-    _check_layout(layout)
+    _check_layout(seq_layout)
     if not causal:
         return [Piece(_ALL, _ALL, "full")]
     if source == rank:
         return [Piece(_ALL, _ALL, "causal")]
-    if world_size == 1 or layout == "contiguous":
+    if world_size == 1 or seq_layout == "contiguous":
         return [Piece(_ALL, _ALL, "full")] if source < rank else []
-    if layout == "striped":
+    if seq_layout == "striped":
         if source < rank:
             return [Piece(_ALL, _ALL, "causal")]
         # key j of a later rank sits after query j: strictly earlier keys only (row 0 sees none)
@@ -115,17 +115,17 @@ def plan(layout: str, *, rank: int, source: int, world_size: int, local_len: int
     return [Piece(slice(half, None), _ALL, "full")]
 
 
-def attended_pairs(layout: str, *, rank: int, world_size: int, local_len: int,
+def attended_pairs(seq_layout: str, *, rank: int, world_size: int, local_len: int,
                    causal: bool) -> int:  # fmt: skip
     """Every (query, key) pair `rank` computes over the whole ring."""
     return sum(p.pairs(local_len) for s in range(world_size)
-               for p in plan(layout, rank=rank, source=s, world_size=world_size,
+               for p in plan(seq_layout, rank=rank, source=s, world_size=world_size,
                              local_len=local_len, causal=causal))  # fmt: skip
 
 
-def load_imbalance(layout: str, *, world_size: int, local_len: int, causal: bool) -> float:
+def load_imbalance(seq_layout: str, *, world_size: int, local_len: int, causal: bool) -> float:
     """Max over ranks of attended pairs ÷ the mean (1.0 is perfectly balanced)."""
-    pairs = [attended_pairs(layout, rank=r, world_size=world_size, local_len=local_len,
+    pairs = [attended_pairs(seq_layout, rank=r, world_size=world_size, local_len=local_len,
                             causal=causal) for r in range(world_size)]  # fmt: skip
     mean = sum(pairs) / len(pairs)
     return max(pairs) / mean if mean else 1.0

@@ -31,10 +31,10 @@ def reference(causal: bool, seed: int = 0):
     return (q, k, v, dout), out.detach(), grads
 
 
-def _gather(t: torch.Tensor, layout: str) -> torch.Tensor:
+def _gather(t: torch.Tensor, seq_layout: str) -> torch.Tensor:
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, t.contiguous())
-    return gather_sequence(parts, layout=layout, dim=1)
+    return gather_sequence(parts, seq_layout=seq_layout, dim=1)
 
 
 def errors_on_rank(rank: int, world: int) -> dict[str, float]:
@@ -42,16 +42,16 @@ def errors_on_rank(rank: int, world: int) -> dict[str, float]:
     result = {}
     for causal in (False, True):
         (q, k, v, dout), ref_out, ref_grads = reference(causal)
-        for layout in LAYOUTS:
-            local = [shard_sequence(t, layout=layout, rank=rank, world_size=world)
+        for seq_layout in LAYOUTS:
+            local = [shard_sequence(t, seq_layout=seq_layout, rank=rank, world_size=world)
                      for t in (q, k, v, dout)]  # fmt: skip
             leaves = [t.clone().requires_grad_(True) for t in local[:3]]
-            out = ring_attention(*leaves, causal=causal, layout=layout)
+            out = ring_attention(*leaves, causal=causal, seq_layout=seq_layout)
             out.backward(local[3])
-            key = f"{layout}-{'causal' if causal else 'full'}"
-            result[f"{key}-out"] = rel_l2(_gather(out.detach(), layout), ref_out)
+            key = f"{seq_layout}-{'causal' if causal else 'full'}"
+            result[f"{key}-out"] = rel_l2(_gather(out.detach(), seq_layout), ref_out)
             for name, leaf, ref in zip("qkv", leaves, ref_grads, strict=True):
-                result[f"{key}-d{name}"] = rel_l2(_gather(leaf.grad, layout), ref)
+                result[f"{key}-d{name}"] = rel_l2(_gather(leaf.grad, seq_layout), ref)
     return result
 
 

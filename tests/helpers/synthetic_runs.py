@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from harness.results import RunDir
-from harness.run.worker import SCHEMA_VERSION
+from harness.rows import SCHEMA_VERSION
 
 CASE = "attn-b1-s1024-h8-d64-float32-full-bsauto"
 

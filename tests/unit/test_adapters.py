@@ -473,11 +473,12 @@ def test_harness_list_shows_every_backend_with_its_reason(monkeypatch):
     from rich.console import Console
     from typer.testing import CliRunner
 
-    import harness.cli as cli
+    import harness.cli.inspect_cmd as inspect_cmd
+    from harness.cli import app
 
     _block(monkeypatch, "flash_attn", "flash_attn_interface", "flash_attn_3", "xformers")
-    monkeypatch.setattr(cli, "out", Console(width=250))
-    result = CliRunner().invoke(cli.app, ["list"])
+    monkeypatch.setattr(inspect_cmd, "out", Console(width=250))
+    result = CliRunner().invoke(app, ["list"])
     assert result.exit_code == 0, result.output
     lines = {line.split("│")[1].strip(): line for line in result.output.splitlines()
              if line.count("│") > 2}  # fmt: skip

@@ -25,8 +25,9 @@ def _rows(data: dict, tmp_path) -> list[dict]:
 def test_world_size_rows_have_per_rank_numbers_and_match_reference(tmp_path):
     data = tiny_suite(implementations=["ring"],
                       sweep={"seq_len": [96], "world_size": [1, 2, 3], "causal": [True],
-                             "layout": ["zigzag", "striped"], "phase": ["fwd_bwd"]})  # fmt: skip
-    rows = {(r["world_size"], r["layout"]): r for r in _rows(data, tmp_path)}
+                             "seq_layout": ["zigzag", "striped"],
+                             "phase": ["fwd_bwd"]})  # fmt: skip
+    rows = {(r["world_size"], r["seq_layout"]): r for r in _rows(data, tmp_path)}
     assert set(rows) == {(1, "contiguous"), (2, "zigzag"), (2, "striped"), (3, "zigzag"),
                          (3, "striped")}  # fmt: skip
     for (world, layout), row in rows.items():

@@ -58,7 +58,7 @@ def test_fwd_bwd_time_by_hand() -> None:
 
 
 def test_causal_zigzag_does_half_the_pairs_per_step() -> None:
-    w = ATTN.model_copy(update={"causal": True, "layout": "zigzag"})
+    w = ATTN.model_copy(update={"causal": True, "seq_layout": "zigzag"})
     n = 1024
     full = predict(TOY, ATTN, 4, 4 * n)
     steps = [t / (4 * 2 * 8 / 1e12) for t in _step_compute(w, 4, n)]
@@ -125,7 +125,7 @@ def _synthetic_run(path, true: DeviceProfile, heads: int = 4, d: int = 64) -> Ru
     """P = 1 rows at two local lengths and P = 2, 3, 4 rows priced by `true`."""
     run = RunDir.create(path, {"run_id": "x", "provenance": {"num_cpus": 8}}, {})
     shape = {"impl": "ring", "workload": "attention", "batch": 1, "num_heads": heads,
-             "head_dim": d, "dtype": "float32", "layout": "zigzag", "status": "ok"}  # fmt: skip
+             "head_dim": d, "dtype": "float32", "seq_layout": "zigzag", "status": "ok"}  # fmt: skip
     for n in (512, 1024):  # two local lengths, so bytes and exchange counts are not collinear
         f_block, b_block = 0.010 * (n / 512) ** 2, 0.025 * (n / 512) ** 2
         for phase, t in (("fwd", f_block), ("fwd_bwd", f_block + b_block)):

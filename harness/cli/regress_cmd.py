@@ -1,0 +1,139 @@
+"""Regression commands: `compare` (the one judge), `history`, `baseline`, `export`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from harness.cli.app import app, baseline_app, export_app
+from harness.cli.console import err, fail, fmt, out
+from harness.errors import HarnessError
+
+
+@app.command("compare")
+def compare_cmd(
+    baseline: Path = typer.Argument(..., help="baseline run directory"),
+    candidate: Path = typer.Argument(..., help="candidate run directory"),
+    time_tol: float = typer.Option(None, "--time-tol", help="time effect threshold [0.10]"),
+    mem_tol: float = typer.Option(None, "--mem-tol", help="peak-memory tolerance [0.02]"),
+    err_factor: float = typer.Option(None, "--err-factor", help="error ratio limit [2.0]"),
+    alpha: float = typer.Option(None, "--alpha", help="significance level [0.05]"),
+    min_samples: int = typer.Option(None, "--min-samples", help="raw samples needed [5]"),
+    normalize_to: str = typer.Option(None, "--normalize-to", help="time relative to this impl"),
+    json_path: Path = typer.Option(None, "--json", help="write a JSON summary here"),
+    md_path: Path = typer.Option(None, "--markdown", help="write a Markdown summary here"),
+    show_all: bool = typer.Option(False, "--all", help="list unchanged rows too"),
+) -> None:
+    """Judge CANDIDATE against BASELINE; exit 1 on regression, 2 on bad input, 0 otherwise.
+
+    Thresholds not given as flags come from the candidate suite's `compare:` section.
+    """
+    import json
+
+    from harness.regress.compare import compare_paths
+    from harness.regress.render import markdown, table
+
+    try:
+        result = compare_paths(baseline, candidate, time_tol=time_tol, mem_tol=mem_tol,
+                               err_factor=err_factor, alpha=alpha, min_samples=min_samples,
+                               normalize_to=normalize_to)  # fmt: skip
+    except HarnessError as exc:
+        fail(str(exc))
+    for warning in result.warnings:
+        err.print(f"note: {warning}", markup=False, highlight=False, soft_wrap=True)
+    out.print(table(result, show_all=show_all))
+    if json_path is not None:
+        json_path.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    if md_path is not None:
+        md_path.write_text(markdown(result, show_all=show_all))
+    raise typer.Exit(result.exit_code)
+
+
+@app.command("history")
+def history_cmd(
+    root: Path = typer.Argument(..., metavar="RESULTS_ROOT", help="folder holding run dirs"),
+    suite: str = typer.Option(None, "--suite", help="only runs of this suite"),
+    window: int = typer.Option(7, "--window", help="recent nights that form the reference"),
+    persist: int = typer.Option(2, "--persist", help="consecutive worse nights to flag"),
+    normalize_to: str = typer.Option(None, "--normalize-to", help="time relative to this impl"),
+    time_tol: float = typer.Option(None, "--time-tol", help="time tolerance [0.10]"),
+    csv_path: Path = typer.Option(None, "--csv", help="write the flagged series here"),
+    html_path: Path = typer.Option(None, "--html", help="write the history figure here"),
+) -> None:
+    """Time series per case over many runs; exit 1 if a regression persists at the newest night."""
+    from harness.regress.history import flag_history, latest_regressions, load_history, normalize
+    from harness.suite import CompareSettings
+
+    try:
+        frame = load_history(root, suite=suite)
+        if normalize_to:
+            frame = normalize(frame, normalize_to)
+        settings = CompareSettings(**({"time_tol": time_tol} if time_tol is not None else {}))
+        flagged = flag_history(frame, settings, window=window, persist=persist)
+    except (HarnessError, ValueError) as exc:
+        fail(str(exc))
+    bad = latest_regressions(flagged)
+    nights, series = flagged["run_id"].nunique(), len(flagged.groupby(["case", "impl", "phase"]))
+    table = Table(title=f"{len(bad)} series regressed for {persist} nights in a row "
+                        f"({nights} runs, {series} series)")  # fmt: skip
+    for col in ("suite", "device", "case", "impl", "phase", "latest", "window median", "why"):
+        table.add_column(col, overflow="fold")
+    for rec in bad.to_dict("records"):
+        table.add_row(rec["suite_name"], rec["device_name"], rec["case"], rec["impl"],
+                      rec["phase"], fmt(rec["time_ms_median"]), fmt(rec["ref_time_ms"]),
+                      str(rec["worse"]))  # fmt: skip
+    out.print(table)
+    if csv_path is not None:
+        flagged.to_csv(csv_path, index=False)
+    if html_path is not None:
+        from harness.report.history_figure import history_figure
+
+        history_figure(flagged).write_html(html_path, include_plotlyjs="cdn")
+    raise typer.Exit(1 if len(bad) else 0)
+
+
+@baseline_app.command("promote")
+def baseline_promote(
+    run_dir: Path = typer.Argument(..., help="the run to keep as the baseline"),
+    root: Path = typer.Option(Path("results/baselines"), "--root", help="baselines folder"),
+    force: bool = typer.Option(False, "--force", help="replace a baseline / allow failed rows"),
+) -> None:
+    """Copy a run's data files to results/baselines/<device>/<suite>[-<profile>]."""
+    from harness.regress.baseline import promote
+
+    try:
+        target = promote(run_dir, root, force=force)
+    except HarnessError as exc:
+        fail(str(exc))
+    out.print(str(target), highlight=False)
+
+
+@baseline_app.command("path")
+def baseline_path(
+    run_dir: Path = typer.Argument(..., help="a run directory"),
+    root: Path = typer.Option(Path("results/baselines"), "--root", help="baselines folder"),
+) -> None:
+    """Print where the baseline for this run's device, suite and profile lives (exists or not)."""
+    from harness.regress.baseline import baseline_dir
+
+    try:
+        out.print(str(baseline_dir(run_dir, root)), highlight=False, soft_wrap=True)
+    except HarnessError as exc:
+        fail(str(exc))
+
+
+@export_app.command("pytest-benchmark")
+def export_pytest_benchmark(
+    run_dir: Path = typer.Argument(..., help="a run directory"),
+    output: Path = typer.Option(..., "-o", "--output", help="JSON file to write"),
+) -> None:
+    """Write the run as pytest-benchmark JSON (`pytest-benchmark compare FILE ...` reads it)."""
+    from harness.regress.pytest_benchmark import export
+
+    try:
+        count = export(run_dir, output)
+    except HarnessError as exc:
+        fail(str(exc))
+    err.print(f"{count} benchmarks written to {output}", highlight=False, markup=False)

@@ -1,0 +1,130 @@
+"""The result row: its schema version, its statuses and its fields, owned here and nowhere else.
+
+One row per (case, implementation, phase). Every module that builds or reads rows imports this
+module; it imports neither torch nor any other part of the harness beyond `case` (which is plain
+data), so read-only commands stay fast.
+
+Schema history (`schema_version` on every record of a run directory):
+    1  the first rows; the sequence sharding of distributed cases was called `layout`.
+    2  `layout` renamed `seq_layout` (the tensor layout bshd/bhsd is the implementation's `layout`);
+       rows may carry `mem_budget_bytes`, `grad_bytes` and the implementation's declared facts.
+Version-1 records are upgraded on read (`upgrade`); newer versions are refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypedDict, get_args
+
+SCHEMA_VERSION = 2
+READABLE_VERSIONS: tuple[int, ...] = (1, 2)
+
+Status = Literal["ok", "skipped", "unsupported", "oom", "timeout", "error"]
+STATUSES: tuple[str, ...] = get_args(Status)
+# The statuses that mean "this ran and failed" (as opposed to "did not run here").
+FAILED: tuple[str, ...] = ("oom", "timeout", "error")
+
+# The fields the memory pass of a CPU task contributes (see harness/run/sweep.py).
+MEMORY_FIELDS: tuple[str, ...] = (
+    "peak_mem_above_inputs_bytes",
+    "peak_mem_bytes",
+    "mem_method",
+    "cuda_reserved_bytes",
+    "device_used_bytes",
+    "mem_budget_bytes",
+)
+
+
+class Row(TypedDict, total=False):
+    """One result row. Units are in the names; `None` means "not measured", with a reason.
+
+    Identity and case (from `Case.to_dict`): schema_version, run_id, case, impl, label, phase,
+    device, workload, batch, seq_len, num_heads, head_dim, block_size, dtype, causal, world_size,
+    seq_layout, hidden, ffn_expansion.
+    Outcome: status, reason (one line; for `error` also `traceback`), elapsed_s.
+    Time: time_ms_median, time_ms_p20, time_ms_p80 (of `num_samples` samples; the raw samples go to
+    samples.jsonl), flops (forward 4·B·H·Sq·Sk·D over attended pairs; backward 2.5×), tflops,
+    tokens_per_s.
+    Memory: peak_mem_above_inputs_bytes (above what was live before the timed call, the saved graph
+    of `bwd` included), peak_mem_bytes (that plus input_bytes), grad_bytes (the gradients a
+    backward phase produces), mem_method, mem_budget_bytes, cuda_reserved_bytes,
+    device_used_bytes.
+    Error vs float64: err_rel_l2, err_max_abs, err_d{q,k,v,...}_rel_l2 / _max_abs,
+    err_naive_same_dtype_rel_l2, err_naive_same_dtype_grad_rel_l2, ref_rows_sampled, ref_note.
+    Implementation facts (from its `Impl`): memory_exponent, uses_block_size.
+    Distributed extras (from the implementation's hooks): *_per_rank lists, comm fields.
+    """
+
+    schema_version: int
+    run_id: str | None
+    case: str
+    impl: str
+    label: str
+    phase: str
+    device: str
+    workload: str
+    batch: int
+    seq_len: int
+    num_heads: int
+    head_dim: int
+    block_size: int | None
+    dtype: str
+    causal: bool
+    world_size: int
+    seq_layout: str
+    hidden: int | None
+    ffn_expansion: int
+    status: Status
+    reason: str
+    traceback: str
+    elapsed_s: float
+    time_ms_median: float
+    time_ms_p20: float
+    time_ms_p80: float
+    num_samples: int
+    time_samples_ms: list[float]
+    flops: float
+    tflops: float
+    tokens_per_s: float
+    input_bytes: int
+    grad_bytes: int
+    peak_mem_above_inputs_bytes: int | None
+    peak_mem_bytes: int | None
+    mem_method: str
+    mem_budget_bytes: int | None
+    cuda_reserved_bytes: int | None
+    device_used_bytes: int | None
+    err_rel_l2: float
+    err_max_abs: float
+    err_naive_same_dtype_rel_l2: float | None
+    err_naive_same_dtype_grad_rel_l2: float | None
+    ref_rows_sampled: int | None
+    ref_note: str
+    memory_exponent: int | None
+    uses_block_size: bool
+
+
+Key = tuple[str, str, str]
+
+
+def row_key(row: dict[str, Any]) -> Key:
+    """The join key of results, reports and comparisons: (case, impl, phase)."""
+    return (row["case"], row["impl"], row["phase"])
+
+
+def new_row(case: dict[str, Any], *, case_name: str, impl: str, phase: str, device: str) -> Row:
+    """The fields every row has before anything ran: identity and the case's axes."""
+    row: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "case": case_name, "impl": impl,
+                           "phase": phase, "device": device}  # fmt: skip
+    row.update(case)
+    return row  # type: ignore[return-value]
+
+
+def upgrade(record: dict[str, Any]) -> dict[str, Any]:
+    """A record of any readable schema version, in the current one (a new dict)."""
+    version = record.get("schema_version")
+    out = dict(record)
+    if version == 1:
+        if "layout" in out and "seq_layout" not in out:
+            out["seq_layout"] = out.pop("layout")
+        out["schema_version"] = SCHEMA_VERSION
+    return out
