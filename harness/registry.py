@@ -14,6 +14,7 @@ from importlib.metadata import entry_points
 from typing import Any, Literal
 
 from harness.errors import HarnessError, UnknownImplementation
+from harness.hooks import DistributedHooks
 
 Layout = Literal["bshd", "bhsd"]
 Workload = Literal["attention", "layer"]
@@ -54,6 +55,12 @@ class Impl:
     `available(device)` answers for a device type ("cpu" or "cuda");
     `unsupported(case, device)` lists the reasons a given case cannot run (dtype, head_dim,
     divisibility), empty when it can.
+
+    Declared facts, copied into every row (the report reads them from the rows, never from here):
+    `memory_exponent` is the power of the sequence length the working memory grows with (2 for
+    kernels that materialize the S×S scores, 1 for blockwise ones, None when unknown);
+    `uses_block_size` says whether `block_size` changes what the kernel does (the report's
+    block-size figure plots only those).
     """
 
     name: str
@@ -63,12 +70,16 @@ class Impl:
     workload: Workload = "attention"
     needs_process_group: bool = False
     supports_backward: bool = True
+    memory_exponent: int | None = None
+    uses_block_size: bool = False
     available: Callable[[str], Availability] = _always
     unsupported: Callable[[Any, str], list[str]] = _no_limits
     tags: tuple[str, ...] = field(default_factory=tuple)
     # Public functions this implementation adds to the `harness` namespace (ring's
     # `ring_attention`, `shard_sequence`, `gather_sequence`), so `harness` never imports it by name.
     api: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+    # Hooks for running on P ranks (shard, gather, observe exchanges, ...); None: single device.
+    distributed: DistributedHooks | None = None
 
 
 class Registry:

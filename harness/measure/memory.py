@@ -80,8 +80,15 @@ def live_bytes(device: str) -> int:
     return _status_kib("VmRSS")
 
 
-def measure_peak(fn: Callable[[], Any], device: str) -> PeakMemory:
-    """Run `fn` once and return its peak memory above what was live just before it."""
+def measure_peak(fn: Callable[[], Any], device: str,
+                 reset: Callable[[], None] | None = None) -> PeakMemory:  # fmt: skip
+    """Run `fn` once and return its peak memory above what was live just before it.
+
+    `reset` drops what earlier calls left behind (gradients, outputs) before the baseline is read,
+    so the peak of the call counts everything the call itself allocates.
+    """
+    if reset is not None:
+        reset()
     gc.collect()
     if device == "cuda":
         torch.cuda.synchronize()

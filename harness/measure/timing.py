@@ -1,7 +1,10 @@
 """Wall-clock samples of one callable: CUDA events on GPU, time.perf_counter on CPU.
 
-Warm-up calls first; then timed calls until `repeats` samples or the time budget is spent (but at
-least `min_repeats`). Raw samples are returned; summaries are the caller's business.
+The one sample loop of the harness, for one process and for P ranks alike: warm-up calls first;
+then timed calls until `repeats` samples or the time budget is spent (but at least `min_repeats`).
+Ranks pass two hooks: `before_sample` (a barrier, so every rank starts a sample together) and
+`decide` (rank 0's stop decision, broadcast, so every rank takes the same number of samples).
+Raw samples are returned; summaries are `summarize_ms`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,28 @@ from typing import Any
 import torch
 
 
+def _no_op() -> None:
+    return None
+
+
+def _own_decision(more: bool) -> bool:
+    return more
+
+
+def time_one_ms(fn: Callable[[], Any], device: str) -> float:
+    """One timed call: CUDA events around it on GPU, a monotonic clock on CPU."""
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end))
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
 def time_samples_ms(
     fn: Callable[[], Any],
     *,
@@ -21,6 +46,8 @@ def time_samples_ms(
     repeats: int,
     min_repeats: int,
     max_time_s: float,
+    before_sample: Callable[[], None] = _no_op,
+    decide: Callable[[bool], bool] = _own_decision,
 ) -> list[float]:
     for _ in range(warmup):
         fn()
@@ -28,20 +55,12 @@ def time_samples_ms(
         torch.cuda.synchronize()
     samples: list[float] = []
     started = time.perf_counter()
-    while len(samples) < repeats:
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            samples.append(float(start.elapsed_time(end)))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t0) * 1e3)
-        if len(samples) >= min_repeats and time.perf_counter() - started > max_time_s:
-            break
+    more = True
+    while more:
+        before_sample()
+        samples.append(time_one_ms(fn, device))
+        budget_spent = time.perf_counter() - started > max_time_s
+        more = decide(len(samples) < repeats and not (len(samples) >= min_repeats and budget_spent))
     return samples
 
 

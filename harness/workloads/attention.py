@@ -9,6 +9,7 @@ computed on the same rows so a reader can apply the "≤ 2× naive low-precision
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -72,7 +73,12 @@ class AttentionWorkload:
         qkv = make_qkv(case, device, seed)
         return Inputs(tensors=qkv)
 
-    def bind(self, impl: Impl, case: Case, inputs: Inputs, *, requires_grad: bool) -> Bound:
+    def output_shape(self, case: Case) -> tuple[int, ...]:
+        return (case.batch, case.seq_len, case.num_heads, case.head_dim)
+
+    def bind(self, impl: Impl, case: Case, inputs: Inputs, *, requires_grad: bool,
+             forward_kwargs: dict[str, Any] | None = None) -> Bound:  # fmt: skip
+        extra = forward_kwargs or {}
         to_impl = (lambda t: t.transpose(1, 2)) if impl.layout == "bhsd" else (lambda t: t)
         q, k, v = (
             to_impl(inputs.tensors[n]).contiguous().detach().requires_grad_(requires_grad)
@@ -80,7 +86,7 @@ class AttentionWorkload:
         )
 
         def forward() -> torch.Tensor:
-            out = impl.forward(q, k, v, causal=case.causal, block_size=case.block_size)
+            out = impl.forward(q, k, v, causal=case.causal, block_size=case.block_size, **extra)
             return to_impl(out)  # the transpose is its own inverse
 
         leaves = {"q": q, "k": k, "v": v} if requires_grad else {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -52,7 +52,10 @@ class Reference:
 class Workload(Protocol):
     def make_inputs(self, case: Case, device: str, seed: int) -> Inputs: ...
 
-    def bind(self, impl: Impl, case: Case, inputs: Inputs, *, requires_grad: bool) -> Bound: ...
+    def bind(self, impl: Impl, case: Case, inputs: Inputs, *, requires_grad: bool,
+             forward_kwargs: dict[str, Any] | None = None) -> Bound: ...  # fmt: skip
+
+    def output_shape(self, case: Case) -> tuple[int, ...]: ...
 
     def reference(
         self, case: Case, inputs: Inputs, dout: torch.Tensor | None, *, max_rows: int,

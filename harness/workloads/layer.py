@@ -12,6 +12,8 @@ checked rows, so S×S never exists; gradient references need every row, up to `g
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -69,14 +71,19 @@ class LayerWorkload:
     def make_inputs(self, case: Case, device: str, seed: int) -> Inputs:
         return Inputs(tensors=make_layer_inputs(case, device, seed))
 
-    def bind(self, impl: Impl, case: Case, inputs: Inputs, *, requires_grad: bool) -> Bound:
+    def output_shape(self, case: Case) -> tuple[int, ...]:
+        return (case.batch, case.seq_len, case.hidden)
+
+    def bind(self, impl: Impl, case: Case, inputs: Inputs, *, requires_grad: bool,
+             forward_kwargs: dict[str, Any] | None = None) -> Bound:  # fmt: skip
+        extra = forward_kwargs or {}
         leaves = {n: t.detach().clone().requires_grad_(requires_grad)
                   for n, t in inputs.tensors.items()}  # fmt: skip
         x, params = leaves["x"], {n: leaves[n] for n in PARAM_NAMES}
 
         def forward() -> torch.Tensor:
             return impl.forward(x, params, causal=case.causal, block_size=case.block_size,
-                                num_heads=case.num_heads)  # fmt: skip
+                                num_heads=case.num_heads, **extra)  # fmt: skip
 
         return Bound(forward=forward, leaves=leaves if requires_grad else {})
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from harness.registry import Availability, Impl, register
+from implementations.ring.hooks import RING_HOOKS
 from implementations.ring.ring_attention import ring_attention
 from implementations.ring.seq_layouts import gather_sequence, shard_sequence, unsupported_reason
 
@@ -39,6 +40,7 @@ def _forward(q_bshd: torch.Tensor, k_bshd: torch.Tensor, v_bshd: torch.Tensor, *
 
 RING = register(Impl(name="ring", label="Ring attention", forward=_forward, layout="bshd",
                      needs_process_group=True, available=_available,
-                     unsupported=_unsupported, tags=("distributed",),
+                     unsupported=_unsupported, tags=("distributed",), memory_exponent=1,
+                     distributed=RING_HOOKS,
                      api={"ring_attention": ring_attention, "shard_sequence": shard_sequence,
                           "gather_sequence": gather_sequence}))  # fmt: skip

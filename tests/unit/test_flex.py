@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from harness.case import Case
-from harness.run.worker import Task, execute
+from harness.run.task import Task
+from harness.run.worker import execute
 
 _TIMING = {"warmup": 0, "repeats": 1, "min_repeats": 1, "max_time_s": 1.0}
 _ACCURACY = {"ref_max_rows": 1024, "ref_chunk_rows": 256, "grad_ref_max_seq": 2048}

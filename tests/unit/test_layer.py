@@ -10,7 +10,8 @@ import torch
 from harness.case import Case
 from harness.measure.flops import attention_fwd_flops, case_flops, layer_fwd_flops
 from harness.registry import REGISTRY
-from harness.run.worker import Task, execute
+from harness.run.task import Task
+from harness.run.worker import execute
 from harness.workloads.layer import PARAM_NAMES, LayerWorkload
 
 LAYERS = ("vanilla_layer", "memeff_layer", "bpt_layer")

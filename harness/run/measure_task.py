@@ -1,0 +1,275 @@
+"""The one measurement path: a task's check against float64, peak memory and time samples → row.
+
+It serves one process and P ranks alike. In one process `group` is None. On P ranks every rank
+calls `measure(task, group)` with its `RankGroup` (harness/run/ranks.py): inputs are made in full
+on every rank (seeded, identical) and split by the implementation's hooks (`Impl.distributed`), the
+sample loop gets a barrier before each sample and rank 0's stop decision, the output and gradients
+are gathered for the error on rank 0, and rank 0 builds the row from every rank's numbers: a
+sample is the slowest rank's, peak memory is the largest rank's (each rank's is listed too).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from harness.measure.derived import time_fields
+from harness.measure.error import max_abs, rel_l2
+from harness.measure.memory import live_bytes, measure_peak
+from harness.measure.phases import grad_bytes, make_phase, run_once_for_check
+from harness.measure.timing import time_one_ms, time_samples_ms
+from harness.registry import REGISTRY, Impl
+from harness.run.task import Task, classify
+from harness.workloads import get_workload
+from harness.workloads.base import Inputs, Reference
+
+
+class Group(Protocol):
+    """The rank group of a distributed task (see harness/run/ranks.py)."""
+
+    rank: int
+    world: int
+    backend: str
+
+    def barrier(self) -> None: ...
+
+    def decide(self, more: bool) -> bool: ...
+
+    def all_gather_tensor(self, t: torch.Tensor) -> list[torch.Tensor]: ...
+
+    def all_gather_object(self, obj: Any) -> list[Any]: ...
+
+
+@dataclass
+class _CaseState:
+    """Inputs and references of the case in hand, shared by every impl and phase of that case."""
+
+    key: tuple[Any, ...] | None = None
+    inputs: Inputs | None = None
+    dout: torch.Tensor | None = None
+    refs: dict[bool, Reference] = field(default_factory=dict)
+
+
+_cache = _CaseState()
+
+
+def _case_state(task: Task) -> _CaseState:
+    """The seeded full-size inputs (and upstream gradient) of the task's case, made once."""
+    key = (task.case, task.device, task.seed)
+    if _cache.key != key:
+        _cache.key, _cache.refs, _cache.dout = key, {}, None
+        _cache.inputs = None  # free the previous case's tensors before making new ones
+        _cache.inputs = get_workload(task.case.workload).make_inputs(task.case, task.device,
+                                                                     task.seed)  # fmt: skip
+    if task.phase != "fwd" and _cache.dout is None:
+        shape = get_workload(task.case.workload).output_shape(task.case)
+        gen = torch.Generator().manual_seed(task.seed + 1)
+        dtype = next(iter(_cache.inputs.tensors.values())).dtype
+        _cache.dout = torch.randn(shape, generator=gen).to(dtype).to(task.device)
+    return _cache
+
+
+def _reference(task: Task, state: _CaseState, with_grads: bool) -> Reference:
+    if with_grads not in state.refs:
+        acc = task.accuracy
+        state.refs[with_grads] = get_workload(task.case.workload).reference(
+            task.case, state.inputs, state.dout if with_grads else None,
+            max_rows=acc["ref_max_rows"], chunk_rows=acc["ref_chunk_rows"],
+            grad_max_seq=acc["grad_ref_max_seq"],
+        )  # fmt: skip
+    return state.refs[with_grads]
+
+
+def _errors(task: Task, state: _CaseState, out: torch.Tensor, grads) -> dict[str, Any]:
+    """Error of the output (and gradients) against the float64 reference of the full case."""
+    workload = get_workload(task.case.workload)
+    try:
+        ref = _reference(task, state, with_grads=grads is not None)
+    except Exception as exc:  # the impl's row stands even if the reference cannot be computed
+        status, reason = classify(exc)
+        return {"ref_note": f"reference failed ({status}): {reason}"}
+    picked = workload.select_rows(out, ref.rows)
+    errs: dict[str, Any] = {
+        "err_rel_l2": rel_l2(picked, ref.out),
+        "err_max_abs": max_abs(picked, ref.out),
+        "err_naive_same_dtype_rel_l2": ref.naive_out_rel_l2,
+        "ref_rows_sampled": None if ref.rows is None else int(ref.rows.numel()),
+        "ref_note": ref.note,
+    }
+    if grads is not None and ref.grads is not None:
+        for name, g in grads.items():
+            errs[f"err_d{name}_rel_l2"] = rel_l2(g, ref.grads[name])
+            errs[f"err_d{name}_max_abs"] = max_abs(g, ref.grads[name])
+        errs["err_naive_same_dtype_grad_rel_l2"] = max((ref.naive_grad_rel_l2 or {}).values(),
+                                                       default=None)  # fmt: skip
+    return errs
+
+
+class _CommRecorder:
+    """Bytes each exchange of one observed call sends, and the time spent waiting for them."""
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+        self.wait_s = 0.0
+
+    def started(self, nbytes: int) -> None:
+        self.sent.append(nbytes)
+
+    def wait(self, waits) -> None:
+        import time
+
+        t0 = time.perf_counter()
+        waits()
+        self.wait_s += time.perf_counter() - t0
+
+
+def _observe_comm(impl: Impl, fn, device: str, group: Group) -> dict[str, Any]:
+    """One more call with the exchanges watched, then the same exchanges replayed alone."""
+    hooks = impl.distributed
+    recorder = _CommRecorder()
+    group.barrier()
+    with hooks.observe(recorder):
+        time_one_ms(fn, device)
+    comm_ms = 0.0
+    if recorder.sent:
+        replay = hooks.replay(recorder.sent, device)
+        replay()  # warm the buffers and connections
+        samples = []
+        for _ in range(3):
+            group.barrier()
+            samples.append(time_one_ms(replay, device))
+        comm_ms = min(samples)
+    return {"sent": recorder.sent, "exposed_ms": recorder.wait_s * 1e3, "comm_ms": comm_ms}
+
+
+def _comm_fields(everyone: list[dict[str, Any]]) -> dict[str, Any]:
+    comm = max(r["comm_ms"] for r in everyone)
+    exposed = max(r["exposed_ms"] for r in everyone)
+    return {
+        "bytes_sent_per_step_per_rank": [max(r["sent"], default=0) for r in everyone],
+        "bytes_sent_per_rank": [sum(r["sent"]) for r in everyone],
+        "num_exchanges": len(everyone[0]["sent"]),
+        "comm_ms": comm,
+        "exposed_comm_ms": exposed,
+        "exposed_comm_ms_per_rank": [r["exposed_ms"] for r in everyone],
+        "overlap_fraction": max(0.0, min(1.0, 1.0 - exposed / comm)) if comm > 0 else None,
+    }
+
+
+def _bind(task: Task, impl: Impl, state: _CaseState, group: Group | None):
+    """The implementation bound to this process's inputs (a shard of them on P ranks)."""
+    case, workload = task.case, get_workload(task.case.workload)
+    inputs, dout = state.inputs, state.dout
+    hooks = impl.distributed
+    if group is not None:
+        shard = lambda t: hooks.shard(t, case, group.rank, group.world)  # noqa: E731
+        inputs = Inputs({n: shard(t) for n, t in inputs.tensors.items()})
+        dout = None if dout is None else shard(dout)
+    extra = hooks.forward_kwargs(case) if hooks is not None else {}
+    bound = workload.bind(impl, case, inputs, requires_grad=task.phase != "fwd",
+                          forward_kwargs=extra)  # fmt: skip
+    return bound, inputs, dout
+
+
+def _gather(impl: Impl, group: Group, t: torch.Tensor, case: Any) -> torch.Tensor:
+    parts = group.all_gather_tensor(t.detach().contiguous())
+    return impl.distributed.gather([p.cpu() for p in parts], case)
+
+
+def measure(task: Task, group: Group | None = None) -> dict[str, Any]:
+    """Measure a runnable task; the row fields beyond the case's (rank 0's row on P ranks).
+
+    Raises for problems of the case itself (the caller classifies them into a status).
+    """
+    impl = REGISTRY.get(task.impl)
+    case, device = task.case, task.device
+    state = _case_state(task)
+    bound, inputs, dout = _bind(task, impl, state, group)
+    lead = group is None or group.rank == 0
+    row: dict[str, Any] = {
+        "status": "ok", "reason": "", "label": impl.label, "input_bytes": inputs.nbytes,
+        "memory_exponent": getattr(impl, "memory_exponent", None),
+        "uses_block_size": getattr(impl, "uses_block_size", None),
+    }  # fmt: skip
+    if task.phase != "fwd":
+        row["grad_bytes"] = grad_bytes(bound)
+
+    if task.measure != "memory":
+        out, grads = run_once_for_check(task.phase, bound, dout)
+        if group is not None:
+            out = _gather(impl, group, out, case)
+            grads = None if grads is None else {n: _gather(impl, group, g, case)
+                                                for n, g in grads.items()}  # fmt: skip
+        if lead:
+            row.update(_errors(task, state, out, grads))
+        del out, grads
+
+    live_before_graph = live_bytes(device)
+    phase = make_phase(task.phase, bound, dout)
+    graph_bytes = max(0, live_bytes(device) - live_before_graph) if task.phase == "bwd" else 0
+    t = task.timing
+    for _ in range(t["warmup"] if task.measure != "memory" else 1):
+        phase.fn()
+    if group is not None:
+        group.barrier()
+
+    mine: dict[str, Any] = {}
+    if task.measure != "time":
+        mem = measure_peak(phase.fn, device, reset=phase.reset)
+        above = mem.above_baseline_bytes
+        mine["peak"] = None if above is None else above + graph_bytes
+        mine["mem"] = mem
+    if task.measure != "memory":
+        hooks = {} if group is None else {"before_sample": group.barrier, "decide": group.decide}
+        mine["samples"] = time_samples_ms(
+            phase.fn, device=device, warmup=0, repeats=t["repeats"],
+            min_repeats=t["min_repeats"], max_time_s=t["max_time_s"], **hooks,
+        )  # fmt: skip
+        if group is not None and impl.distributed is not None:
+            mine["comm"] = _observe_comm(impl, phase.fn, device, group)
+    if group is None:
+        everyone = [mine]
+    else:
+        mem = mine.pop("mem", None)
+        everyone = group.all_gather_object(mine)
+        mine["mem"] = mem
+    if not lead:
+        return {}
+
+    if task.measure != "time":
+        peaks = [r["peak"] for r in everyone]
+        peak = None if None in peaks else max(peaks)
+        mem = mine["mem"]
+        row.update({
+            "peak_mem_above_inputs_bytes": peak,
+            "peak_mem_bytes": None if peak is None else peak + inputs.nbytes,
+            "mem_method": mem.method, "cuda_reserved_bytes": mem.cuda_reserved_bytes,
+            "device_used_bytes": mem.device_used_bytes,
+            "mem_budget_bytes": task.memory_budget_bytes,
+        })  # fmt: skip
+        if group is not None:
+            row["peak_mem_above_inputs_bytes_per_rank"] = peaks
+        over = _over_budget(row, task.memory_budget_bytes)
+        if over:
+            row.update(status="oom", reason=over)
+            return row
+    if task.measure != "memory":
+        worst = [max(r["samples"][i] for r in everyone) for i in range(len(mine["samples"]))]
+        row.update(time_fields(case, task.phase, worst))
+        if group is not None:
+            row["comm_backend"] = group.backend
+            if impl.distributed is not None:
+                row.update(_comm_fields([r["comm"] for r in everyone]))
+                row.update(impl.distributed.row_fields(case, group.world))
+    return row
+
+
+def _over_budget(row: dict[str, Any], budget: int | None) -> str | None:
+    """The reason a measured peak breaks the memory budget, or None."""
+    peak = row.get("peak_mem_bytes")
+    if budget is None or peak is None or peak <= budget:
+        return None
+    return (f"peak memory {peak / 2**20:.1f} MiB (inputs included) is above the memory budget "
+            f"{budget / 2**20:.1f} MiB (limits.memory_budget_gb)")  # fmt: skip
