@@ -28,6 +28,10 @@ def __getattr__(name: str) -> Any:
 
         return attention
     if not name.startswith("_"):
+        import importlib.util
+
+        if importlib.util.find_spec(f"harness.{name}") is not None:  # a submodule, not an export
+            return importlib.import_module(f"harness.{name}")
         exported = REGISTRY.exported(name)
         if exported is not None:
             return exported

@@ -44,6 +44,9 @@ class DistributedHooks:
     replay(sent, device) -> a callable that repeats exchanges of the given byte sizes without
         compute (the communication time if none of it were hidden).
     row_fields(case, world_size) -> extra row fields (must be JSON-serialisable).
+    schedule(seq_layout, *, rank, source, world_size, local_len, causal) -> the pieces of work
+        `rank` does on the block that `source` holds, each with `.pairs(local_len)` and `.mask`
+        ("full" or a diagonal kind); the analytic model (harness/model/) reads it. Optional.
     """
 
     shard: Callable[[Any, Any, int, int], Any]
@@ -52,3 +55,4 @@ class DistributedHooks:
     replay: Callable[[list[int], str], Callable[[], None]]
     forward_kwargs: Callable[[Any], dict[str, Any]] = field(default=_no_extra)
     row_fields: Callable[[Any, int], dict[str, Any]] = field(default=_no_fields)
+    schedule: Callable[..., list[Any]] | None = None

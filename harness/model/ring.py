@@ -159,8 +159,13 @@ class BlockTimes(_Strict):
 
 
 def _step_pairs(w: Workload, world: int, n: int) -> list[tuple[int, int]]:
-    """Per ring step, the slowest rank's (full-masked pairs, causal-diagonal pairs)."""
-    from implementations.ring.seq_layouts import plan
+    """Per ring step, the slowest rank's (full-masked pairs, causal-diagonal pairs).
+
+    The schedule is the ring implementation's own (`Impl.distributed.schedule`), from the registry.
+    """
+    from harness.registry import REGISTRY
+
+    plan = REGISTRY.get("ring").distributed.schedule
 
     steps = []
     for step in range(world):

@@ -11,7 +11,7 @@ import torch
 
 from harness.hooks import CommObserver, DistributedHooks
 from implementations.ring.ring_exchange import Ring, observe
-from implementations.ring.seq_layouts import gather_sequence, load_imbalance, shard_sequence
+from implementations.ring.seq_layouts import gather_sequence, load_imbalance, plan, shard_sequence
 
 
 def _shard(x: torch.Tensor, case: Any, rank: int, world_size: int) -> torch.Tensor:
@@ -50,4 +50,5 @@ def _row_fields(case: Any, world_size: int) -> dict[str, Any]:
 
 
 RING_HOOKS = DistributedHooks(shard=_shard, gather=_gather, observe=_observe, replay=_replay,
-                              forward_kwargs=_forward_kwargs, row_fields=_row_fields)  # fmt: skip
+                              forward_kwargs=_forward_kwargs, row_fields=_row_fields,
+                              schedule=plan)  # fmt: skip
