@@ -12,3 +12,20 @@ baseline_app = typer.Typer(no_args_is_help=True, help="Curated baselines under r
 app.add_typer(baseline_app, name="baseline")
 export_app = typer.Typer(no_args_is_help=True, help="Export runs to other tools' formats.")
 app.add_typer(export_app, name="export")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from harness import __version__  # `harness` imports no torch: this stays instant
+
+        print(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="print the version, exit"
+    ),
+) -> None:
+    """Options before any command (`harness --version`); the help text is the app's."""

@@ -9,29 +9,45 @@ from rich.table import Table
 from rich.text import Text
 
 from harness.cli.app import app
-from harness.cli.console import err, fail, fmt, out
+from harness.cli.console import FORMATS, check_choice, fail, out, say, write_records
 from harness.errors import HarnessError
+
+LIST_COLUMNS = ("name", "label", "workload", "layout", "distributed", "status", "reason")
 
 
 @app.command("list")
-def list_impls() -> None:
+def list_impls(
+    format_: str = typer.Option("table", "--format", help="table, json, csv or md"),
+) -> None:
     """Every registered implementation, whether it can run here, and why not."""
+    check_choice("--format", format_, FORMATS)
     import torch
 
     from harness.registry import REGISTRY
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    table = Table(title=f"implementations (device: {device}, torch {torch.__version__})")
-    for col in ("name", "label", "workload", "layout", "distributed", "status", "reason"):
-        table.add_column(col, no_wrap=col in ("name", "status"), overflow="fold")
+    records = []
     for impl in REGISTRY.all():
         av = impl.available(device)
-        cells = (impl.name, impl.label, impl.workload, impl.layout,
-                 "yes" if impl.needs_process_group else "no",
-                 "available" if av.ok else "skipped", av.reason)  # fmt: skip
-        table.add_row(*(Text(c) for c in cells))  # Text: "pip install '.[flash]'" is no markup
+        status = "available" if av.ok else "skipped"
+        records.append({"name": impl.name, "label": impl.label, "workload": impl.workload,
+                        "layout": impl.layout, "distributed": impl.needs_process_group,
+                        "status": status, "reason": av.reason})  # fmt: skip
     for name, problem in REGISTRY.plugin_errors.items():
-        table.add_row(*(Text(c) for c in (name, "", "", "", "", "broken plugin", problem)))
+        records.append({"name": name, "label": "", "workload": "", "layout": "",
+                        "distributed": None, "status": "broken plugin",
+                        "reason": problem})  # fmt: skip
+    if format_ != "table":
+        write_records(records, LIST_COLUMNS, format_)
+        return
+    table = Table(title=Text(f"implementations (device: {device}, torch {torch.__version__})"))
+    for col in LIST_COLUMNS:
+        table.add_column(col, no_wrap=col in ("name", "status"), overflow="fold")
+    for rec in records:
+        distributed = {True: "yes", False: "no"}.get(rec["distributed"], "")
+        # Text cells: "pip install '.[flash]'" and plugin errors are no markup.
+        table.add_row(*(Text(distributed if c == "distributed" else str(rec[c] or ""))
+                        for c in LIST_COLUMNS))  # fmt: skip
     out.print(table)
 
 
@@ -45,44 +61,49 @@ def report(
 ) -> None:
     """A self-contained, offline HTML report of one or more runs (plotly.js inside the file)."""
     from harness.report import write_report
-    from harness.report.static import FORMATS
+    from harness.report.static import FORMATS as STATIC_FORMATS
 
-    if static is not None and static not in FORMATS:
-        fail(f"--static: unknown format {static!r}; valid: {', '.join(FORMATS)}")
+    if static is not None and static not in STATIC_FORMATS:
+        fail(f"--static: unknown format {static!r}; valid: {', '.join(STATIC_FORMATS)}")
     try:
         target = write_report(run_dirs, out_path, baseline=baseline, static=static,
                               history_root=history)  # fmt: skip
     except (HarnessError, ValueError) as exc:
         fail(str(exc))
-    out.print(str(target), highlight=False)
+    say(str(target), to_err=False)
 
 
 @app.command()
 def show(
     run_dir: Path = typer.Argument(..., help="a run directory"),
-    all_columns: bool = typer.Option(False, "--all", help="every column"),
+    all_columns: bool = typer.Option(False, "--all", help="every field of every row"),
+    format_: str = typer.Option("table", "--format", help="table, json, csv or md"),
 ) -> None:
-    """A readable table of a run's rows."""
-    from harness.results import load_rows
+    """A readable table of a run's rows (or its rows as JSON, CSV or Markdown)."""
+    from harness.cli import show_table
+    from harness.results import RunDir
 
+    check_choice("--format", format_, FORMATS)
     try:
-        frame = load_rows(run_dir)
+        rows = RunDir.open(run_dir).rows()  # plain dicts: no pandas for a quick look
     except HarnessError as exc:
         fail(str(exc))
-    if frame.empty:
-        out.print("no rows")
+    if all_columns and rows:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    else:  # an empty run still gets its CSV header / Markdown columns
+        columns = [c for c in show_table.SHOWN if not rows or any(c in r for r in rows)]
+    if format_ != "table":
+        write_records(rows, columns, format_)
         return
-    cols = list(frame.columns) if all_columns else [
-        c for c in ("case", "impl", "phase", "status", "time_ms_median", "tflops",
-                    "peak_mem_bytes", "err_rel_l2", "err_naive_same_dtype_rel_l2", "reason")
-        if c in frame.columns
-    ]  # fmt: skip
-    table = Table(title=str(run_dir))
-    for c in cols:
-        table.add_column(c, overflow="fold")
-    for rec in frame[cols].to_dict("records"):
-        table.add_row(*(fmt(rec[c]) for c in cols))
-    out.print(table)
+    if not rows:
+        say(f"{run_dir}: no rows", to_err=False)
+        return
+    if all_columns:
+        lines = show_table.render_records(rows, columns, title=str(run_dir), width=out.width)
+    else:
+        lines = show_table.render(rows, title=str(run_dir), width=out.width)
+    for line in lines:
+        out.print(line, highlight=False)
 
 
 @app.command("table")
@@ -103,4 +124,4 @@ def table_cmd(
         print(text, end="")
     else:
         out_path.write_text(text)
-        err.print(f"wrote {out_path}", highlight=False, markup=False)
+        say(f"wrote {out_path}")

@@ -25,7 +25,7 @@ def model_ring(
     fit_slots: bool = typer.Option(False, "--fit-slots", help="fit concurrent compute on P = 2"),
 ) -> None:
     """Ring Attention's per-step time, overlap, memory and max context for P = 1..max-p."""
-    from harness.cli.model import model_ring_command
+    from harness.cli.ring_tables import model_ring_command
 
     try:
         model_ring_command(out, profile=profile, model=model, phase=phase, causal=causal,

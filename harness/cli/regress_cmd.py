@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from harness.cli.app import app, baseline_app, export_app
-from harness.cli.console import err, fail, fmt, out
+from harness.cli.console import fail, fmt, out, say
 from harness.errors import HarnessError
 
 
@@ -42,12 +42,13 @@ def compare_cmd(
     except HarnessError as exc:
         fail(str(exc))
     for warning in result.warnings:
-        err.print(f"note: {warning}", markup=False, highlight=False, soft_wrap=True)
+        say(f"note: {warning}")
     out.print(table(result, show_all=show_all))
-    if json_path is not None:
-        json_path.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    if json_path is not None:  # strings verbatim: reasons quote rows as they are
+        json_path.write_text(json.dumps(result.to_dict(), indent=2, default=str,
+                                        ensure_ascii=False), encoding="utf-8")  # fmt: skip
     if md_path is not None:
-        md_path.write_text(markdown(result, show_all=show_all))
+        md_path.write_text(markdown(result, show_all=show_all), encoding="utf-8")
     raise typer.Exit(result.exit_code)
 
 
@@ -62,35 +63,45 @@ def history_cmd(
     csv_path: Path = typer.Option(None, "--csv", help="write the flagged series here"),
     html_path: Path = typer.Option(None, "--html", help="write the history figure here"),
 ) -> None:
-    """Time series per case over many runs; exit 1 if a regression persists at the newest night."""
-    from harness.regress.history import flag_history, latest_regressions, load_history, normalize
+    """Time series per case over many runs; exit 1 if a regression persists at the newest night.
+
+    Each night is judged by compare's rule against the pooled samples of the nights before it.
+    """
+    from pydantic import ValidationError
+    from rich.text import Text
+
+    from harness.regress import history as hist
     from harness.suite import CompareSettings
 
     try:
-        frame = load_history(root, suite=suite)
-        if normalize_to:
-            frame = normalize(frame, normalize_to)
         settings = CompareSettings(**({"time_tol": time_tol} if time_tol is not None else {}))
-        flagged = flag_history(frame, settings, window=window, persist=persist)
-    except (HarnessError, ValueError) as exc:
+    except ValidationError as exc:  # a bad flag is a user error; anything else below is a bug
+        fail(f"--time-tol: {exc.errors()[0]['msg']} (got {time_tol})")
+    try:
+        frame = hist.load_history(root, suite=suite)
+        if normalize_to:
+            frame = hist.normalize(frame, normalize_to)
+        flagged = hist.flag_history(frame, settings, window=window, persist=persist)
+    except HarnessError as exc:
         fail(str(exc))
-    bad = latest_regressions(flagged)
+    bad = hist.latest_regressions(flagged)
     nights, series = flagged["run_id"].nunique(), len(flagged.groupby(["case", "impl", "phase"]))
     table = Table(title=f"{len(bad)} series regressed for {persist} nights in a row "
                         f"({nights} runs, {series} series)")  # fmt: skip
     for col in ("suite", "device", "case", "impl", "phase", "latest", "window median", "why"):
         table.add_column(col, overflow="fold")
-    for rec in bad.to_dict("records"):
-        table.add_row(rec["suite_name"], rec["device_name"], rec["case"], rec["impl"],
-                      rec["phase"], fmt(rec["time_ms_median"]), fmt(rec["ref_time_ms"]),
-                      str(rec["worse"]))  # fmt: skip
+    for rec in bad.to_dict("records"):  # cells as Text: reasons may hold "[...]" (not markup)
+        table.add_row(*(Text(fmt(rec[k])) for k in ("suite_name", "device_name", "case", "impl",
+                                               "phase", "time_ms_median", "ref_time_ms",
+                                               "worse")))  # fmt: skip
     out.print(table)
-    if csv_path is not None:
-        flagged.to_csv(csv_path, index=False)
+    if csv_path is not None:  # the raw samples stay in the run directories
+        flagged.drop(columns=hist.SAMPLES, errors="ignore").to_csv(csv_path, index=False)
     if html_path is not None:
         from harness.report.history_figure import history_figure
 
-        history_figure(flagged).write_html(html_path, include_plotlyjs="cdn")
+        # plotly.js inside the file: CI artifacts are opened offline, where a CDN page is blank
+        history_figure(flagged).write_html(html_path, include_plotlyjs=True)
     raise typer.Exit(1 if len(bad) else 0)
 
 
@@ -107,7 +118,7 @@ def baseline_promote(
         target = promote(run_dir, root, force=force)
     except HarnessError as exc:
         fail(str(exc))
-    out.print(str(target), highlight=False)
+    say(str(target), to_err=False)
 
 
 @baseline_app.command("path")
@@ -119,7 +130,7 @@ def baseline_path(
     from harness.regress.baseline import baseline_dir
 
     try:
-        out.print(str(baseline_dir(run_dir, root)), highlight=False, soft_wrap=True)
+        say(str(baseline_dir(run_dir, root)), to_err=False)
     except HarnessError as exc:
         fail(str(exc))
 
@@ -136,4 +147,4 @@ def export_pytest_benchmark(
         count = export(run_dir, output)
     except HarnessError as exc:
         fail(str(exc))
-    err.print(f"{count} benchmarks written to {output}", highlight=False, markup=False)
+    say(f"{count} benchmarks written to {output}")

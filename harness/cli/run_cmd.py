@@ -10,8 +10,29 @@ from typing import Any
 import typer
 
 from harness.cli.app import app
-from harness.cli.console import err, fail, out
+from harness.cli.console import err, fail, say
 from harness.errors import HarnessError
+from harness.rows import FAILED
+
+FAIL_ON_DEFAULT = "error,timeout"
+FAIL_ON_HELP = "exit 1 if rows end with these statuses: oom, error, timeout (comma list) or none"
+
+
+def parse_fail_on(value: str) -> tuple[str, ...]:
+    """The statuses `--fail-on` names (`none`: the empty tuple); a bad value exits 2, one line."""
+    allowed = f"a comma-separated list of {', '.join(FAILED)}, or none"
+    parts = [p.strip() for p in value.split(",")]
+    bad = next((p for p in parts if p not in (*FAILED, "none")), None)
+    if bad is not None:
+        fail(f"--fail-on: unknown status {bad!r} in {value!r}; allowed: {allowed}")
+    if "none" in parts and len(parts) > 1:
+        fail(f"--fail-on: 'none' cannot be combined with statuses in {value!r}; allowed: {allowed}")
+    return () if parts == ["none"] else tuple(dict.fromkeys(parts))
+
+
+def failed_counts(counts: dict[str, int], fail_on: tuple[str, ...]) -> dict[str, int]:
+    """The row counts, by status, that make `run` exit 1 under `--fail-on`."""
+    return {status: counts[status] for status in fail_on if counts.get(status)}
 
 
 def _progress_printer(total_cases: int) -> Any:
@@ -37,8 +58,10 @@ def _progress_printer(total_cases: int) -> Any:
 def _progress_bar(total: int) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), console=err, transient=False)  # fmt: skip
+    # markup=False: the description holds plugin-given names, shown as they are
+    bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                   MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+                   transient=False)  # fmt: skip
     handle = bar.add_task("starting", total=total)
     bar.start()
 
@@ -61,8 +84,14 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="list the tasks, run nothing"),
     resume: Path = typer.Option(None, "--resume", help="finish the missing rows of this run"),
     report: bool = typer.Option(True, "--report/--no-report", help="write report.html at the end"),
+    fail_on: str = typer.Option(FAIL_ON_DEFAULT, "--fail-on", help=FAIL_ON_HELP),
 ) -> None:
-    """Run a suite: every case × implementation × phase, one row each, into a run directory."""
+    """Run a suite: every case × implementation × phase, one row each, into a run directory.
+
+    Exits 1 when rows end with a status named by --fail-on (by default error or timeout: a broken
+    kernel must fail CI, an OOM at a long length is a result), after writing the run and report.
+    """
+    fail_statuses = parse_fail_on(fail_on)
     from harness import provenance
     from harness.results import RunDir
     from harness.run.sweep import default_run_dir, plan, resolve_device, run_tasks
@@ -75,9 +104,9 @@ def run(
         tasks = plan(suite, device, impls=impl or None, case_filter=filter_)
         if dry_run:
             for task in tasks:
-                out.print(f"{task.case.name}  {task.impl}  {task.phase}", highlight=False)
+                say(f"{task.case.name}  {task.impl}  {task.phase}", to_err=False)
             cases = len({task.case.name for task in tasks})
-            out.print(f"{len(tasks)} tasks, {cases} cases, device {device}", highlight=False)
+            say(f"{len(tasks)} tasks, {cases} cases, device {device}", to_err=False)
             return
         if resume is not None:
             run_dir = RunDir.open(resume)
@@ -94,7 +123,7 @@ def run(
             run_dir = RunDir.create(path, meta, expanded)
     except HarnessError as exc:
         fail(str(exc))
-    err.print(f"run directory: {run_dir.path}", highlight=False, markup=False)
+    say(f"run directory: {run_dir.path}")
     try:
         rows = run_tasks(suite, tasks, run_dir, progress=_progress_printer(len(tasks)))
     except HarnessError as exc:
@@ -102,10 +131,16 @@ def run(
     counts: dict[str, int] = {}
     for row in run_dir.rows():
         counts[row["status"]] = counts.get(row["status"], 0) + 1
-    err.print(f"{len(rows)} rows written; totals: {counts}", highlight=False, markup=False)
+    say(f"{len(rows)} rows written; totals: {counts}")
     if report:
         _maybe_report(run_dir.path)
-    out.print(str(run_dir.path), highlight=False, soft_wrap=True)
+    say(str(run_dir.path), to_err=False)
+    failed = failed_counts(counts, fail_statuses)
+    if failed:
+        what = ", ".join(f"{n} {status}" for status, n in failed.items())
+        say(f"failed rows: {what} (--fail-on {','.join(fail_statuses)}; `--fail-on none` "
+            f"exits 0); see: harness show {run_dir.path}")  # fmt: skip
+        raise typer.Exit(1)
 
 
 def _maybe_report(path: Path) -> None:
@@ -116,7 +151,6 @@ def _maybe_report(path: Path) -> None:
     try:
         target = write_report([path], path / "report.html")
     except Exception as exc:  # the rows are safe on disk; a report bug must not fail the run
-        err.print(f"report failed ({type(exc).__name__}: {exc}); rerun: harness report {path}",
-                  highlight=False, markup=False)  # fmt: skip
+        say(f"report failed ({type(exc).__name__}: {exc}); rerun: harness report {path}")
         return
-    err.print(f"report: {target}", highlight=False, markup=False)
+    say(f"report: {target}")

@@ -1,4 +1,9 @@
-"""Human-readable views of a Comparison: a rich terminal table and a Markdown summary for CI."""
+"""Human-readable views of a Comparison: a rich terminal table and a Markdown summary for CI.
+
+Reasons quote rows verbatim (`status ok -> error: [/__w/.../pair.cc:537] Read error`), so the
+terminal table is built of rich `Text` (never markup) and Markdown escapes only what would end a
+cell.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ def _status(r: RowResult) -> str:
 
 
 def cells(r: RowResult) -> list[str]:
+    """One row's cells as plain strings, in HEADERS order."""
     return [r.verdict, r.case, r.impl, r.phase, _status(r), _ratio(r.time), _p(r.time),
             _ratio(r.norm_time), _num(r.mem_ratio), _num(r.err_ratio),
             "; ".join(r.reasons + r.notes)]  # fmt: skip
@@ -47,6 +53,7 @@ def _visible(cmp: Comparison, show_all: bool) -> list[RowResult]:
 
 
 def headline(cmp: Comparison) -> str:
+    """The verdict in one line: regression or not, the two runs, the counts by verdict."""
     counts = ", ".join(f"{n} {v}" for v, n in cmp.counts().items())
     word = "REGRESSION" if cmp.failed else "no regression"
     return (f"{word}: {cmp.candidate.run_id} vs baseline {cmp.baseline.run_id} ({counts}; "
@@ -54,6 +61,7 @@ def headline(cmp: Comparison) -> str:
 
 
 def thresholds(cmp: Comparison) -> str:
+    """The rule the rows were judged by, in words."""
     s = cmp.settings
     norm = f", normalized to {s.normalize_to}" if s.normalize_to else ""
     return (
@@ -64,14 +72,16 @@ def thresholds(cmp: Comparison) -> str:
 
 
 def table(cmp: Comparison, *, show_all: bool = False) -> Any:
+    """A rich Table of the rows that matter (every row with `show_all`); every cell is Text."""
     from rich.table import Table
+    from rich.text import Text
 
-    t = Table(title=headline(cmp), caption=thresholds(cmp), caption_justify="left")
+    t = Table(title=Text(headline(cmp)), caption=Text(thresholds(cmp)), caption_justify="left")
     for h in HEADERS:
-        t.add_column(h, overflow="fold")
+        t.add_column(Text(h), overflow="fold")
     styles = {"regression": "bold red", "missing": "bold red", "improvement": "green"}
     for r in _visible(cmp, show_all):
-        t.add_row(*cells(r), style=styles.get(r.verdict))
+        t.add_row(*(Text(c) for c in cells(r)), style=styles.get(r.verdict))
     return t
 
 

@@ -12,6 +12,23 @@ from harness.rows import SCHEMA_VERSION
 
 CASE = "attn-b1-s1024-h8-d64-float32-full-bsauto"
 
+# What each implementation the synthetic runs use declares in its `Impl` (the worker copies both
+# facts into every row); tests/unit/test_impl_facts.py checks these against the registry.
+# `ring_demo` stands in for a multi-device kernel and is not registered.
+IMPL_FACTS: dict[str, dict[str, Any]] = {
+    "naive": {"memory_exponent": 2, "uses_block_size": False},
+    "sdpa_math": {"memory_exponent": 2, "uses_block_size": False},
+    "chunked": {"memory_exponent": 1, "uses_block_size": True},
+    "sdpa_flash": {"memory_exponent": 1, "uses_block_size": False},
+    "bpt": {"memory_exponent": 1, "uses_block_size": True},
+    "ring_demo": {"memory_exponent": 1, "uses_block_size": False},
+}
+
+
+def impl_facts(impl: str) -> dict[str, Any]:
+    """The declared facts a row of `impl` carries; none for an implementation not listed."""
+    return dict(IMPL_FACTS.get(impl, {}))
+
 
 def samples(median_ms: float, spread: float, n: int = 10, seed: int = 0) -> list[float]:
     """n samples around `median_ms` with relative spread `spread` (uniform, deterministic)."""
@@ -28,14 +45,14 @@ def ok_row(case: str = CASE, impl: str = "chunked", phase: str = "fwd", *,
         "status": "ok", "reason": "", "time_samples_ms": t,
         "time_ms_median": float(np.median(t)), "num_samples": len(t),
         "peak_mem_bytes": peak_mem_bytes, "err_rel_l2": err,
-        "err_naive_same_dtype_rel_l2": naive_err,
+        "err_naive_same_dtype_rel_l2": naive_err, **impl_facts(impl),
     }  # fmt: skip
 
 
 def failed_row(case: str = CASE, impl: str = "chunked", phase: str = "fwd", *,
                status: str = "oom", reason: str = "OOM") -> dict[str, Any]:  # fmt: skip
     return {"schema_version": SCHEMA_VERSION, "case": case, "impl": impl, "phase": phase,
-            "status": status, "reason": reason}  # fmt: skip
+            "status": status, "reason": reason, **impl_facts(impl)}  # fmt: skip
 
 
 def make_run(path: Path, rows: list[dict[str, Any]], *, suite_name: str = "synth",
@@ -57,3 +74,30 @@ def make_run(path: Path, rows: list[dict[str, Any]], *, suite_name: str = "synth
     for row in rows:
         run.append(dict(row, run_id=path.name))
     return path
+
+
+# A reason hostile to every renderer, as real failures print them: gloo's `[/path:line]` is a rich
+# closing tag, an OOM's `[enforce fail at ...]` and `[bold]` are rich styles, `</script><!--`
+# would end (or confuse) an HTML script element, `<b>` is HTML and `|` ends a Markdown cell.
+MARKUP_REASON = ("RuntimeError: [/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] "
+                 "Read error [enforce fail at alloc_cpu.cpp:127] [bold]not bold[/x] | "
+                 "</script><!-- <b>x</b>")  # fmt: skip
+
+
+def with_axes(row: dict[str, Any], seq_len: int = 1024, *, dtype: str = "float32",
+              causal: bool = False) -> dict[str, Any]:  # fmt: skip
+    """`row` with the case axes that `harness table` and the report pivot on."""
+    return row | {"seq_len": seq_len, "dtype": dtype, "causal": causal, "batch": 1,
+                  "num_heads": 8, "head_dim": 64, "workload": "attention"}  # fmt: skip
+
+
+def hostile_pair(root: Path) -> tuple[Path, Path]:
+    """A baseline where every row is ok and a candidate where naive fails with MARKUP_REASON and
+    flash_attn2 is skipped with it (so `harness table` lists the reason too)."""
+    base = [with_axes(ok_row(impl=impl)) for impl in ("chunked", "naive")]
+    cand = [
+        with_axes(ok_row(impl="chunked")),
+        with_axes(failed_row(impl="naive", status="error", reason=MARKUP_REASON)),
+        with_axes(failed_row(impl="flash_attn2", status="skipped", reason=MARKUP_REASON)),
+    ]
+    return make_run(root / "base", base), make_run(root / "cand", cand)

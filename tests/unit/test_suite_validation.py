@@ -26,7 +26,8 @@ BAD = [
     ("negative-heads", {"sweep": {"num_heads": [-2]}}, ["sweep.num_heads[0]", "-2"]),
     ("string-seq", {"sweep": {"seq_len": ["long"]}}, ["sweep.seq_len[0]", "long"]),
     ("empty-axis", {"sweep": {"causal": []}}, ["sweep.causal", "at least 1"]),
-    ("bad-layout", {"sweep": {"layout": ["spiral"]}}, ["sweep.layout[0]", "zigzag"]),
+    ("bad-layout", {"sweep": {"seq_layout": ["spiral"]}}, ["sweep.seq_layout[0]", "zigzag"]),
+    ("renamed-layout", {"sweep": {"layout": ["zigzag"]}}, ["sweep.layout", "seq_layout"]),
     ("bad-device", {"device": "tpu"}, ["device", "tpu", "cuda"]),
     ("bad-workload", {"workload": "mlp"}, ["workload", "mlp", "attention"]),
     ("no-impls", {"implementations": []}, ["implementations", "at least 1"]),
@@ -73,7 +74,7 @@ def test_profile_overrides_merge():
 
 def test_case_names_deterministic_and_unique():
     suite = parse_suite(tiny_suite(sweep={"seq_len": [64, 97], "causal": [False, True],
-                                          "layout": ["zigzag", "striped"]}))  # fmt: skip
+                                          "seq_layout": ["zigzag", "striped"]}))  # fmt: skip
     names = [c.name for c in suite.cases()]
     assert names == [c.name for c in suite.cases()]
     assert len(names) == len(set(names)) == 4  # layouts collapse at world_size 1

@@ -86,11 +86,11 @@ def test_cli_writes_the_markdown_file(run, tmp_path):
 
 
 def test_a_varying_layout_splits_tables_instead_of_hiding_rows(tmp_path):
-    rows = [_row("ring", 4096, False) | {"layout": layout, "case": f"ring-{layout}"}
+    rows = [_row("ring", 4096, False) | {"seq_layout": layout, "case": f"ring-{layout}"}
             for layout in ("contiguous", "zigzag")]  # fmt: skip
     text = pivot_markdown(load_rows(make_run(tmp_path / "ring", rows)), ["tflops"])
-    assert "**contiguous**" not in text  # layout values are named as layout=...
-    assert "**layout=contiguous**" in text and "**layout=zigzag**" in text
+    assert "**contiguous**" not in text  # layout values are named as seq_layout=...
+    assert "**seq_layout=contiguous**" in text and "**seq_layout=zigzag**" in text
 
 
 def test_rows_no_axis_tells_apart_are_an_error_not_a_silent_pick(tmp_path):
