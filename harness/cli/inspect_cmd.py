@@ -68,7 +68,7 @@ def report(
     try:
         target = write_report(run_dirs, out_path, baseline=baseline, static=static,
                               history_root=history)  # fmt: skip
-    except (HarnessError, ValueError) as exc:
+    except HarnessError as exc:
         fail(str(exc))
     say(str(target), to_err=False)
 

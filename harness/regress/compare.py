@@ -10,12 +10,18 @@ on tolerances alone. Status changes away from `ok` are always regressions.
 Optionally, times are normalized to a reference implementation measured in the same run
 (candidate_time / candidate_ref_time over baseline_time / baseline_ref_time), which cancels most of
 the difference between two noisy or heterogeneous CI machines.
+
+This is the project's one regression rule. `judge` gives the verdict on one row (a baseline row and
+its samples against a candidate row and its samples); `compare` applies it to every row of two runs,
+`harness report --baseline` draws compare's verdicts and `harness history` judges each night with
+`judge` against the pooled samples of the nights before it.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -72,6 +78,40 @@ class Run:
         impls = spec.get("implementations") or []
         return key[0] in cases and key[1] in impls and key[2] in phases
 
+    def side(self, key: Key, ref: str | None = None) -> Side | None:
+        """The row `key` with its samples (and, given `ref`, that implementation's row and samples
+        in the same case and phase), as `judge` takes it; None when the run has no such row."""
+        row = self.rows.get(key)
+        if row is None:
+            return None
+        ref_key = (key[0], ref, key[2]) if ref is not None else None
+        return Side(row, self.samples.get(key),
+                    self.rows.get(ref_key) if ref_key else None,
+                    self.samples.get(ref_key) if ref_key else None)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a judgement: a result row, its raw time samples (ms) and, for `normalize_to`,
+    the reference implementation's row and samples from the same run, case and phase.
+
+    A side need not come from one run: `harness history` passes a window of nights as one side
+    (median row values, pooled samples).
+    """
+
+    row: dict[str, Any]
+    samples: Sequence[float] | None = None
+    ref_row: dict[str, Any] | None = None
+    ref_samples: Sequence[float] | None = None
+
+    def normalized(self) -> list[float] | None:
+        """Samples over the reference's median time (unitless); None without an ok reference."""
+        ref = self.ref_row
+        if not (self.samples and ref and self.ref_samples and ref.get("status") == "ok"):
+            return None
+        scale = float(np.median(self.ref_samples))
+        return [s / scale for s in self.samples] if scale > 0 else None
+
 
 def load_run(path: str | Path) -> Run:
     path = Path(path)
@@ -97,8 +137,14 @@ class TimeStats:
 
 
 def time_stats(
-    base: list[float], cand: list[float], *, confidence: float, seed: int = 0
+    base: Sequence[float],
+    cand: Sequence[float],
+    *,
+    confidence: float,
+    seed: int = 0,
+    ci: bool = True,
 ) -> TimeStats:
+    """Ratio, rank tests and (unless `ci` is False: the verdict never reads it) bootstrap CI."""
     from scipy import stats
 
     b, c = np.asarray(base, dtype=float), np.asarray(cand, dtype=float)
@@ -107,6 +153,7 @@ def time_stats(
     if len(b) >= 2 and len(c) >= 2:
         p_slower = float(stats.mannwhitneyu(c, b, alternative="greater").pvalue)
         p_faster = float(stats.mannwhitneyu(c, b, alternative="less").pvalue)
+    if ci and len(b) >= 2 and len(c) >= 2:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")  # degenerate resamples (identical samples) warn
 
@@ -222,16 +269,6 @@ def _check_comparable(base: Run, cand: Run) -> list[str]:
     return notes
 
 
-def _normalized(run: Run, key: Key, ref: str) -> list[float] | None:
-    ref_key = (key[0], ref, key[2])
-    row, ref_row = run.rows.get(key), run.rows.get(ref_key)
-    samples, ref_samples = run.samples.get(key), run.samples.get(ref_key)
-    if not (row and ref_row and samples and ref_samples and ref_row.get("status") == "ok"):
-        return None
-    scale = float(np.median(ref_samples))
-    return [s / scale for s in samples] if scale > 0 else None
-
-
 def _judge_time(res: RowResult, stats_: TimeStats, s: CompareSettings, what: str) -> None:
     if min(stats_.num_base, stats_.num_cand) < s.min_samples:
         res.notes.append(f"{what}: {stats_.num_base}/{stats_.num_cand} samples, fewer than "
@@ -290,21 +327,19 @@ def _judge_error(res: RowResult, b: dict[str, Any], c: dict[str, Any], s: Compar
     res.err_ratio = max(ratios) if ratios else None
 
 
-def _compare_ok(res: RowResult, base: Run, cand: Run, key: Key, s: CompareSettings,
-                same_device: bool) -> None:  # fmt: skip
-    b, c = base.rows[key], cand.rows[key]
-    res.base_time_ms, res.cand_time_ms = b.get("time_ms_median"), c.get("time_ms_median")
-    sb, sc = base.samples.get(key), cand.samples.get(key)
+def _compare_ok(res: RowResult, b: Side, c: Side, s: CompareSettings, same_device: bool,
+                ci: bool) -> None:  # fmt: skip
+    res.base_time_ms, res.cand_time_ms = b.row.get("time_ms_median"), c.row.get("time_ms_median")
     confidence = 1 - s.alpha
-    if sb and sc:
-        res.time = time_stats(sb, sc, confidence=confidence)
+    if b.samples and c.samples:
+        res.time = time_stats(b.samples, c.samples, confidence=confidence, ci=ci)
     elif res.base_time_ms and res.cand_time_ms:
         res.time = TimeStats(res.cand_time_ms / res.base_time_ms, None, None, None, None, 0, 0)
     ref = s.normalize_to
-    if ref is not None and key[1] != ref:
-        nb, nc = _normalized(base, key, ref), _normalized(cand, key, ref)
+    if ref is not None and res.impl != ref:
+        nb, nc = b.normalized(), c.normalized()
         if nb and nc:
-            res.norm_time = time_stats(nb, nc, confidence=confidence)
+            res.norm_time = time_stats(nb, nc, confidence=confidence, ci=ci)
             _judge_time(res, res.norm_time, s, f"time vs {ref}")
         else:
             res.notes.append(f"no ok {ref} row with samples in this case; time not gated")
@@ -313,21 +348,36 @@ def _compare_ok(res: RowResult, base: Run, cand: Run, key: Key, s: CompareSettin
             _judge_time(res, res.time, s, "time")
         else:
             res.notes.append("reference implementation across devices: raw time not gated")
-    _judge_memory(res, b, c, s)
-    _judge_error(res, b, c, s)
+    _judge_memory(res, b.row, c.row, s)
+    _judge_error(res, b.row, c.row, s)
 
 
-def _compare_key(
-    base: Run, cand: Run, key: Key, s: CompareSettings, same_device: bool
-) -> RowResult:
+def judge(
+    base: Side | None, cand: Side | None, settings: CompareSettings, *, expected: bool = True,
+    same_device: bool = True, ci: bool = True,
+) -> RowResult:  # fmt: skip
+    """The verdict on one row: `base` (baseline row + samples) against `cand` (candidate's).
+
+    Verdicts: `new` (no baseline row), `missing` (no candidate row although `expected`, i.e. the
+    candidate's suite asks for it: an unfinished run) or `vanished` (not expected), a status
+    change (ok -> failed or skipped: `regression`; failed -> ok: `improvement`; otherwise
+    `changed`), and for rows ok on both sides `regression` when time (effect and Mann-Whitney
+    evidence), memory or error says so, `improvement` when something improved, else `unchanged`.
+    `reasons` say why a row regressed, `notes` everything else. `same_device` False stops raw
+    times from gating when normalizing; `ci` False skips the bootstrap interval (it informs the
+    reader, never the verdict), which callers judging thousands of rows can afford to drop.
+    """
+    some = base or cand
+    assert some is not None, "judge needs at least one side"
+    key = (some.row["case"], some.row["impl"], some.row["phase"])
     res = RowResult(*key, verdict="unchanged")
-    b, c = base.rows.get(key), cand.rows.get(key)
-    if b is None:
-        res.verdict, res.cand_status = "new", c["status"]
+    if base is None:
+        res.verdict, res.cand_status = "new", cand.row["status"]  # type: ignore[union-attr]
         return res
+    b = base.row
     res.base_status = b["status"]
-    if c is None:
-        if cand.expects(key):
+    if cand is None:
+        if expected:
             res.verdict = "missing"
             res.reasons.append("the candidate's suite asks for this row but the run has none "
                                "(unfinished run?)")  # fmt: skip
@@ -335,9 +385,10 @@ def _compare_key(
             res.verdict = "vanished"
             res.notes.append("no longer in the candidate's suite")
         return res
+    c = cand.row
     res.cand_status = c["status"]
     if b["status"] == "ok" and c["status"] == "ok":
-        _compare_ok(res, base, cand, key, s, same_device)
+        _compare_ok(res, base, cand, settings, same_device, ci)
         improved = any(n.startswith("improved") for n in res.notes)
         res.verdict = "regression" if res.reasons else ("improvement" if improved else "unchanged")
     elif b["status"] == "ok":
@@ -350,6 +401,14 @@ def _compare_key(
         res.verdict = "changed"
         res.notes.append(f"status {b['status']} -> {c['status']}: {c.get('reason') or ''}")
     return res
+
+
+def _compare_key(
+    base: Run, cand: Run, key: Key, s: CompareSettings, same_device: bool
+) -> RowResult:
+    ref = s.normalize_to
+    return judge(base.side(key, ref), cand.side(key, ref), s, same_device=same_device,
+                 expected=key in cand.rows or cand.expects(key))  # fmt: skip
 
 
 def _sort_key(r: RowResult) -> tuple[int, float, str, str, str]:

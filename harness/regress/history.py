@@ -2,10 +2,13 @@
 
 One night is noise; a change that holds is a signal. A series (suite × profile × device × case ×
 implementation × phase) is flagged at night i when each of the last `persist` nights (default 2)
-is worse than the median of the `window` ok nights before them (as the nightly dashboards of large
-projects do, e.g. Chromium's perf sheriffing and pytorch's HUD: compare against a recent window and
-wait for confirmation). Worse means: time above 1 + time_tol, peak memory above 1 + mem_tol (and
-the byte floor), error above err_factor × the window, or a failed status after ok nights.
+is worse than the `window` ok nights before them (as the nightly dashboards of large projects do,
+e.g. Chromium's perf sheriffing and pytorch's HUD: compare against a recent window and wait for
+confirmation). Worse has one meaning, compare's: `compare.judge` says `regression` for that night
+(its row and raw samples as the candidate) against the window (the nights' median row values and
+their pooled raw samples as the baseline). So a slowdown needs compare's effect *and* its
+Mann-Whitney evidence, memory and error gate on compare's tolerances, and ok -> any other status
+is a regression.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ResultsError
+from harness.regress.compare import Side, judge
 from harness.results import RunDir
-from harness.rows import FAILED
 from harness.suite import CompareSettings
 
 SERIES = ["suite_name", "profile", "device_name", "case", "impl", "phase"]
-_REF_COLUMNS = (("time", "time_ms_median"), ("mem", "peak_mem_bytes"), ("err", "err_rel_l2"))
+SAMPLES = "time_samples_ms"  # a night's raw time samples (a list per row), what the judge reads
 _COLUMNS = ["status", "reason", "time_ms_median", "peak_mem_bytes", "err_rel_l2"]
+_KEY = ("case", "impl", "phase")
 
 
 def find_runs(root: str | Path) -> list[Path]:
@@ -46,6 +50,7 @@ def load_history(root: str | Path, *, suite: str | None = None):
         if suite is not None and meta.get("suite_name") != suite:
             continue
         prov = meta.get("provenance") or {}
+        times = {(s["case"], s["impl"], s["phase"]): list(s["time_ms"]) for s in run.samples()}
         head = {"run_id": meta.get("run_id") or path.name, "run_path": str(path),
                 "utc_time": prov.get("utc_time"), "git_commit": prov.get("git_commit"),
                 "suite_name": meta.get("suite_name"), "profile": meta.get("profile") or "",
@@ -53,6 +58,9 @@ def load_history(root: str | Path, *, suite: str | None = None):
         for row in run.rows():
             rec = dict(head, case=row["case"], impl=row["impl"], phase=row["phase"])
             rec.update({c: row.get(c) for c in _COLUMNS})
+            # every error metric (gradients too) and the naive yardsticks: the judge gates on them
+            rec.update({k: v for k, v in row.items() if k.startswith("err_")})
+            rec[SAMPLES] = times.get((row["case"], row["impl"], row["phase"]))
             records.append(rec)
     if not records:
         where = f" of suite {suite!r}" if suite else ""
@@ -63,7 +71,11 @@ def load_history(root: str | Path, *, suite: str | None = None):
 
 
 def normalize(frame, ref: str):
-    """Times relative to implementation `ref` in the same run, case and phase (a unitless ratio)."""
+    """Times relative to implementation `ref` in the same run, case and phase (a unitless ratio).
+
+    The median and every raw sample are divided by the reference's median time that night, as
+    compare's `--normalize-to` does, so the judge's rank test runs on the normalized samples.
+    """
     keys = ["run_id", "case", "phase"]
     ref_rows = frame[(frame["impl"] == ref) & (frame["status"] == "ok")]
     if ref_rows.empty:
@@ -72,57 +84,96 @@ def normalize(frame, ref: str):
     ref_t = ref_rows.set_index(keys)["time_ms_median"].rename("ref_time_ms")
     out = frame.join(ref_t, on=keys)
     out["time_ms_median"] = out["time_ms_median"] / out["ref_time_ms"]
+    if SAMPLES in out.columns:
+        out[SAMPLES] = [
+            [t / scale for t in times] if isinstance(times, list) and scale > 0 else None
+            for times, scale in zip(out[SAMPLES], out["ref_time_ms"], strict=True)
+        ]
     return out.drop(columns="ref_time_ms")
 
 
-def _median(values: list[float]) -> float:
-    vals = sorted(v for v in values if v is not None and not math.isnan(v))
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _median(values: list[Any]) -> float:
+    vals = sorted(float(v) for v in values if _finite(v))
     if not vals:
         return math.nan
     mid = len(vals) // 2
     return vals[mid] if len(vals) % 2 else (vals[mid - 1] + vals[mid]) / 2
 
 
-def _worse(night: dict[str, Any], ref: dict[str, float], s: CompareSettings) -> str | None:
-    """Why one night is worse than its reference window, or None."""
-    if night["status"] in FAILED:
-        return f"status {night['status']}"
-    if night["status"] != "ok":
-        return None
-    t, m, e = (night.get(c) for c in ("time_ms_median", "peak_mem_bytes", "err_rel_l2"))
-    if t is not None and ref["time"] > 0 and t > (1 + s.time_tol) * ref["time"]:
-        return f"time x{t / ref['time']:.2f}"
-    if m is not None and m - ref["mem"] > max(s.mem_tol * ref["mem"], s.mem_floor_bytes):
-        return f"memory x{m / ref['mem']:.3f}"
-    if e is not None and e > s.err_factor * ref["err"] + 1e-9:
-        return f"error x{e / ref['err']:.2f}" if ref["err"] > 0 else "error"
-    return None
+def _row(night: dict[str, Any]) -> dict[str, Any]:
+    """A night as a result row for the judge: the frame's NaN fillers (absent fields) dropped."""
+    return {k: v for k, v in night.items()
+            if k != SAMPLES and not (isinstance(v, float) and math.isnan(v))}  # fmt: skip
+
+
+def _samples(night: dict[str, Any]) -> list[float]:
+    times = night.get(SAMPLES)
+    return [float(t) for t in times] if isinstance(times, list) else []
+
+
+def night_side(night: dict[str, Any]) -> Side:
+    """One night of a series as the judge's candidate: its row and raw samples."""
+    return Side(_row(night), _samples(night) or None)
+
+
+def window_side(past: list[dict[str, Any]]) -> Side:
+    """ok nights as the judge's baseline: each numeric field's median over the nights, and every
+    night's raw samples pooled (so night-to-night drift counts as noise, not as evidence)."""
+    row = {k: past[-1][k] for k in _KEY} | {"status": "ok", "reason": ""}
+    numeric = {k for n in past for k, v in n.items()
+               if (k.startswith("err_") or k in ("time_ms_median", "peak_mem_bytes"))
+               and _finite(v)}  # fmt: skip
+    row.update({k: _median([n.get(k) for n in past]) for k in sorted(numeric)})
+    pooled = [t for n in past for t in _samples(n)]
+    return Side(row, pooled or None)
 
 
 def flag_series(nights: list[dict[str, Any]], s: CompareSettings, *, window: int, persist: int,
                 min_window: int) -> list[dict[str, Any]]:  # fmt: skip
-    """Per night of one series: the window reference, whether it is worse, whether it is flagged."""
+    """Per night of one series: the window's median time, the judge's verdict on the night, why it
+    is worse (compare's reasons, or None) and whether it is flagged (`persist` worse in a row).
+
+    The `persist` nights ending at night i are each judged against the same window: the last
+    `window` ok nights before the first of them (at least `min_window`).
+    """
     out = []
     for i in range(len(nights)):
         start = i - persist + 1
-        past = [n for n in nights[max(0, start - window) : max(0, start)] if n["status"] == "ok"]
-        res = {"ref_time_ms": math.nan, "worse": None, "regressed": False}
+        past = [n for n in nights[: max(0, start)] if n["status"] == "ok"][-window:]
+        res: dict[str, Any] = {"ref_time_ms": math.nan, "verdict": None, "worse": None,
+                               "regressed": False}  # fmt: skip
         if start >= 0 and len(past) >= min_window:
-            ref = {k: _median([n.get(c) for n in past]) for k, c in _REF_COLUMNS}
-            why = [_worse(n, ref, s) for n in nights[start : i + 1]]
-            res.update(ref_time_ms=ref["time"], worse=why[-1],
-                       regressed=all(w is not None for w in why))  # fmt: skip
+            base = window_side(past)
+            res["ref_time_ms"] = base.row.get("time_ms_median", math.nan)
+            regressed = True
+            # newest night first: a night that is not worse settles it, the others need no judging
+            for j in range(i, start - 1, -1):
+                verdict = judge(base, night_side(nights[j]), s, ci=False)
+                if j == i:
+                    res["verdict"] = verdict.verdict
+                    if verdict.verdict == "regression":
+                        res["worse"] = "; ".join(verdict.reasons)
+                if verdict.verdict != "regression":
+                    regressed = False
+                    break
+            res["regressed"] = regressed
         out.append(res)
     return out
 
 
 def flag_history(frame, settings: CompareSettings | None = None, *, window: int = 7,
                  persist: int = 2, min_window: int = 3):  # fmt: skip
-    """The frame plus ref_time_ms, worse (reason or None) and regressed (bool) per night."""
+    """The frame plus ref_time_ms, verdict (the judge's, or None before a window exists), worse
+    (compare's reasons, or None) and regressed (bool: `persist` worse nights in a row) per night."""
     import pandas as pd
 
-    s = settings or CompareSettings()
-    if persist < 1 or window < 1 or min_window > window:
+    # The frame is already normalized when asked (`normalize`), so the judge compares its times.
+    s = (settings or CompareSettings()).model_copy(update={"normalize_to": None})
+    if persist < 1 or window < 1 or not 1 <= min_window <= window:
         raise ResultsError(f"need persist >= 1 and 1 <= min_window <= window; got persist "
                            f"{persist}, window {window}, min_window {min_window}")  # fmt: skip
     parts = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.errors import HarnessError
 from harness.report import accuracy, adopted, blocks, comparison, memory, scaling, throughput
 from harness.report.data import ReportData, load_report_data
 from harness.report.header import header_html
@@ -27,8 +28,12 @@ for _key, _module in (
 register_section("history", adopted.history_section)
 register_section("ring_model", adopted.ring_model_section, before="comparison")
 
-__all__ = ["SECTIONS", "ReportData", "Section", "register_section", "render_report",
+__all__ = ["SECTIONS", "ReportBug", "ReportData", "Section", "register_section", "render_report",
            "write_report"]  # fmt: skip
+
+
+class ReportBug(RuntimeError):
+    """Drawing the report failed on valid input: a bug to report, never a user error (exit 2)."""
 
 
 def render_report(data: ReportData) -> tuple[str, list[Section]]:
@@ -46,13 +51,22 @@ def write_report(
 
     With `static` ("png" or "svg"), every figure is also exported beside it, under
     `<out_path stem>-figures/`. With `history_root`, a history section shows every run under it.
-    """
-    data = load_report_data([Path(p) for p in run_dirs], baseline=baseline)
-    if history_root is not None:
-        from harness.regress.history import flag_history, load_history
+    With `baseline`, each run is judged by `harness compare`'s rule and the verdicts are drawn.
 
-        data.extra["history"] = flag_history(load_history(history_root))
-    text, sections = render_report(data)
+    Bad input raises a `HarnessError` (a ValueError: the CLI's exit 2). Any other failure is a
+    bug in the report and raises `ReportBug` (a RuntimeError), never mistaken for bad input.
+    """
+    try:
+        data = load_report_data([Path(p) for p in run_dirs], baseline=baseline)
+        if history_root is not None:
+            from harness.regress.history import flag_history, load_history
+
+            data.extra["history"] = flag_history(load_history(history_root))
+        text, sections = render_report(data)
+    except HarnessError:
+        raise
+    except Exception as exc:
+        raise ReportBug(f"the report failed, not the input: {type(exc).__name__}: {exc}") from exc
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_suffix(out_path.suffix + ".tmp")

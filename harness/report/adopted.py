@@ -1,12 +1,14 @@
 """Sections built from plotly figures made elsewhere: the nightly history and the ring model.
 
 Those modules return `plotly.graph_objects.Figure`s; this turns them into the page's figure dicts,
-escaping every string that came from results (trace names, hover text).
+escaping every string that came from results (trace names, hover text) and turning NaN (a skipped
+row) into null, since the page's JSON allows no NaN.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from harness.report.common import esc
@@ -43,6 +45,17 @@ def _lists(value: Any) -> Any:
     return value
 
 
+def _finite(value: Any) -> Any:
+    """NaN and ±inf (a skipped row's time) as None: JSON has no such numbers, plotly draws a gap."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _escape_template(template: str) -> str:
     text = esc(template)
     for tag in _KEEP_TAGS:
@@ -52,7 +65,7 @@ def _escape_template(template: str) -> str:
 
 def adopt(fig: Any) -> dict[str, Any]:
     """A plotly Figure as the page's figure dict (JSON-safe, strings escaped, no controls)."""
-    spec = _lists(json.loads(json.dumps(fig.to_dict(), default=_plain, allow_nan=True)))
+    spec = _finite(_lists(json.loads(json.dumps(fig.to_dict(), default=_plain, allow_nan=True))))
     for trace in spec.get("data", []):
         for key in ("name", "legendgroup"):
             if key in trace:
@@ -79,7 +92,8 @@ def history_section(data: ReportData) -> Section | None:
 
     return Section("history", "History", [adopt(history_figure(frame))],
                    "Median time per night for every series; red crosses mark nights flagged as a "
-                   "regression (worse than the recent window for consecutive nights).")  # fmt: skip
+                   "regression: compare's verdict against the pooled samples of the recent window, "
+                   "on consecutive nights.")  # fmt: skip
 
 
 def ring_model_section(data: ReportData) -> Section | None:

@@ -1,76 +1,119 @@
-"""Comparison mode: candidate runs against a baseline run, as time and memory ratios per case.
+"""Comparison mode: what `harness compare BASELINE RUN` decides, drawn per row.
 
-A time regression needs both a ratio above 1 + `THRESHOLD` and non-overlapping p20–p80 ranges
-(candidate p20 above baseline p80), so one noisy sample does not light the page up. The deeper
-statistics of the compare/history issue can replace this section through `register_section`.
+The report has no regression rule of its own: `data.judge_runs` runs compare (the project's one
+judge, harness/regress/compare.py) on each run against the baseline, and this section rings exactly
+the rows compare calls a regression (red) or an improvement (green), with the verdict and compare's
+reasons in the hover text. The points are compare's ratios for rows ok in both runs: the median-time
+ratio (normalized to the reference implementation when the suite's `compare:` asks for it) and the
+peak-memory ratio.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from harness.report.common import FigureSpec, case_text, floats, impl_colors, template
+from harness.report.common import FigureSpec, esc, floats, impl_colors, template
 from harness.report.data import ReportData
 from harness.report.sections import Section
 
-KEYS = ["case", "impl", "phase"]
-THRESHOLD = 0.05
+if TYPE_CHECKING:
+    from harness.regress.compare import Comparison, RowResult
+
+KEYS = ["run_id", "case", "impl", "phase"]
+RINGS = {"regression": "#d62728", "improvement": "#2ca02c"}  # compare's verdicts that are ringed
 PANELS = (("time_ratio", "time ratio (candidate / baseline)"), ("mem_ratio", "peak memory ratio"))
+COLUMNS = (*KEYS, "verdict", "time_ratio", "ci_low", "ci_high", "p_slower", "mem_ratio",
+           "base_time_ms", "why", "seq_len")  # fmt: skip
+_WHY_CHARS = 400  # hover text stays readable; the full reasons are in `harness compare`
 
 
-def compare_rows(candidate: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
-    """Rows ok in both runs, with time/memory ratios and regression/improvement flags."""
-    cols = ["time_ms_median", "time_ms_p20", "time_ms_p80", "peak_mem_bytes"]
-    cand = candidate[candidate["status"] == "ok"]
-    base = baseline[baseline["status"] == "ok"][KEYS + cols]
-    both = cand.merge(base, on=KEYS, suffixes=("", "_base"))
-    both["time_ratio"] = both["time_ms_median"] / both["time_ms_median_base"]
-    both["mem_ratio"] = both["peak_mem_bytes"] / both["peak_mem_bytes_base"]
-    both["regression"] = (both["time_ratio"] > 1 + THRESHOLD) & (
-        both["time_ms_p20"] > both["time_ms_p80_base"]
-    )
-    both["improvement"] = (both["time_ratio"] < 1 - THRESHOLD) & (
-        both["time_ms_p80"] < both["time_ms_p20_base"]
-    )
-    both["label_x"] = both["case"] + " · " + both["phase"]
-    return both.sort_values(["seq_len", "case", "phase", "impl"], kind="stable")
+def _record(run_id: str, r: RowResult) -> dict[str, Any]:
+    t = r.norm_time or r.time  # the ratio compare gated on
+    return {
+        "run_id": run_id, "case": r.case, "impl": r.impl, "phase": r.phase,
+        "verdict": r.verdict, "time_ratio": t.ratio if t else math.nan,
+        "ci_low": t.ci_low if t else None, "ci_high": t.ci_high if t else None,
+        "p_slower": t.p_slower if t else None, "mem_ratio": r.mem_ratio,
+        "base_time_ms": r.base_time_ms, "why": "; ".join(r.reasons + r.notes),
+    }  # fmt: skip
 
 
-def comparison_figure(candidate: pd.DataFrame, baseline: pd.DataFrame) -> dict[str, Any] | None:
-    both = compare_rows(candidate, baseline)
-    if both.empty:
+def verdict_frame(comparisons: list[Comparison], rows: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (run, case, impl, phase) compare judged: its verdict, ratios and reasons.
+
+    `rows` (the report's rows) adds `seq_len`, so the figure orders cases by length.
+    """
+    records = [_record(c.candidate.run_id, r) for c in comparisons for r in c.rows]
+    frame = pd.DataFrame.from_records(records, columns=[c for c in COLUMNS if c != "seq_len"])
+    if rows is not None and not frame.empty:
+        lengths = rows[KEYS + ["seq_len"]].drop_duplicates(KEYS)
+        frame = frame.merge(lengths, on=KEYS, how="left")
+    else:
+        frame["seq_len"] = math.nan
+    for col in ("time_ratio", "mem_ratio", "base_time_ms", "seq_len"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    frame["label_x"] = frame["case"] + " · " + frame["phase"]
+    return frame.sort_values(["seq_len", "case", "phase", "impl"], kind="stable")
+
+
+def ringed(frame: pd.DataFrame) -> dict[str, set[tuple[str, str, str, str]]]:
+    """The (run, case, impl, phase) keys ringed per verdict: exactly compare's."""
+    return {v: set(frame.loc[frame["verdict"] == v, KEYS].itertuples(index=False, name=None))
+            for v in RINGS}  # fmt: skip
+
+
+def _hover_text(g: pd.DataFrame) -> list[str]:
+    return (g["case"].map(esc) + " · " + g["impl"].map(esc) + " · " + g["phase"].map(esc)).tolist()
+
+
+def _why(g: pd.DataFrame) -> list[str]:
+    return [esc(w if len(w) <= _WHY_CHARS else w[: _WHY_CHARS - 1] + "…") or "–" for w in g["why"]]
+
+
+def comparison_figure(frame: pd.DataFrame, *, time_label: str = PANELS[0][1]) -> dict | None:
+    """Ratios per row and rings on compare's regressions and improvements (`verdict_frame`)."""
+    if frame.empty:
         return None
-    colors = impl_colors(candidate["impl"].tolist())
-    many_runs = both["run_id"].nunique() > 1
-    spec = FigureSpec("Candidate vs baseline", 600)
-    spec.grid([[PANELS[0][1]], [PANELS[1][1]]], xlog=False, vgap=0.1)
+    has_ratio = frame["time_ratio"].notna() | frame["mem_ratio"].notna()
+    if not (has_ratio | frame["verdict"].isin(list(RINGS))).any():
+        return None
+    colors = impl_colors(frame["impl"].tolist())
+    many_runs = frame["run_id"].nunique() > 1
+    spec = FigureSpec("Candidate vs baseline (compare's verdicts)", 600)
+    spec.grid([[esc(time_label)], [PANELS[1][1]]], xlog=False, vgap=0.1)
     for row, (metric, _) in enumerate(PANELS, start=1):
-        for (impl, run_id), g in both[both[metric].notna()].groupby(["impl", "run_id"]):
+        for (impl, run_id), g in frame[frame[metric].notna()].groupby(["impl", "run_id"]):
             name = f"{impl} {run_id}" if many_runs else impl
             spec.add({
-                "x": g["label_x"].tolist(), "y": floats(g[metric]), "mode": "markers",
+                "x": g["label_x"].map(esc).tolist(), "y": floats(g[metric]), "mode": "markers",
                 "name": name, "legendgroup": name,
                 "marker": {"color": colors.get(impl, "#333"), "size": 8},
-                "text": (case_text(g) + " · " + g["phase"]).tolist(),
-                "customdata": floats(g["time_ms_median_base"]),
+                "text": _hover_text(g),
+                "customdata": [[v, b] for v, b in zip(g["verdict"].map(esc),
+                                                      floats(g["base_time_ms"]), strict=True)],
                 "hovertemplate": template(name, [("ratio", "%{y:.3f}"),
-                                                 ("baseline time (ms)", "%{customdata:.4g}")]),
+                                                 ("baseline time (ms)", "%{customdata[1]:.4g}"),
+                                                 ("verdict", "%{customdata[0]}")]),
                 "meta": {"metric": metric},
             }, row, 1, legend_key=name)  # fmt: skip
-    for flag, color in (("regression", "#d62728"), ("improvement", "#2ca02c")):
-        g = both[both[flag]]
-        if not g.empty:
-            spec.add({
-                "x": g["label_x"].tolist(), "y": floats(g["time_ratio"]), "mode": "markers",
-                "name": f"{flag}s", "legendgroup": flag,
-                "marker": {"symbol": "circle-open", "size": 16, "color": color,
-                           "line": {"width": 2}},
-                "text": case_text(g).tolist(),
-                "hovertemplate": template(flag, [("time ratio", "%{y:.3f}")]),
-                "meta": {"flag": flag},
-            }, 1, 1, role="flag", legend_key=flag)  # fmt: skip
+    for verdict, color in RINGS.items():
+        g = frame[frame["verdict"] == verdict]
+        if g.empty:
+            continue
+        # a row without a time ratio (a status change, a memory-only verdict) is ringed at 1
+        y = floats(g["time_ratio"].fillna(1.0))
+        spec.add({
+            "x": g["label_x"].map(esc).tolist(), "y": y, "mode": "markers",
+            "name": f"{verdict}s (compare)", "legendgroup": verdict,
+            "marker": {"symbol": "circle-open", "size": 16, "color": color, "line": {"width": 2}},
+            "text": _hover_text(g), "customdata": _why(g),
+            "hovertemplate": template(f"compare: {verdict}", [("time ratio", "%{y:.3f}"),
+                                                              ("why", "%{customdata}")]),
+            "meta": {"flag": verdict},
+        }, 1, 1, role="flag", legend_key=verdict)  # fmt: skip
     spec.update_axes("x", type="category", showticklabels=False)
     spec.layout["xaxis2"]["matches"] = "x"
     spec.layout["shapes"] = [
@@ -81,19 +124,33 @@ def comparison_figure(candidate: pd.DataFrame, baseline: pd.DataFrame) -> dict[s
     return spec.to_dict()
 
 
+def _time_label(comparisons: list[Comparison]) -> str:
+    refs = {c.settings.normalize_to for c in comparisons} - {None}
+    if len(refs) == 1:
+        return f"time ratio vs {next(iter(refs))} (candidate / baseline)"
+    return PANELS[0][1]
+
+
+def _counts(comparisons: list[Comparison]) -> str:
+    parts = []
+    for c in comparisons:
+        counts = ", ".join(f"{n} {v}" for v, n in c.counts().items()) or "no rows"
+        parts.append(f"{c.candidate.run_id}: {counts}")
+    return "; ".join(parts)
+
+
 def build(data: ReportData) -> Section | None:
     if data.baseline is None:
         return None
-    fig = comparison_figure(data.rows, data.baseline)
     base_id = (data.baseline_meta or {}).get("run_id", "baseline")
+    notes = " ".join(data.comparison_notes)
+    frame = verdict_frame(data.comparisons, data.rows)
+    fig = comparison_figure(frame, time_label=_time_label(data.comparisons))
     if fig is None:
-        return Section(
-            "comparison",
-            "Comparison",
-            [],
-            f"No case is ok in both these runs and the baseline {base_id}.",
-        )
+        why = notes or f"No case is ok in both these runs and the baseline {base_id}."
+        return Section("comparison", "Comparison", [], why)
     return Section("comparison", "Comparison", [fig],
-                   f"Ratios against baseline {base_id}; below 1 is better. Ringed red: a time "
-                   f"regression (ratio > {1 + THRESHOLD:.2f} and p20–p80 ranges apart); ringed "
-                   "green: an improvement.")  # fmt: skip
+                   f"Ratios against baseline {base_id}; below 1 is better. Rings are the verdicts "
+                   f"of `harness compare {base_id} RUN` (red: regression, green: improvement; "
+                   f"hover for compare's reasons): {_counts(data.comparisons)}. {notes}".rstrip()
+                   )  # fmt: skip

@@ -1,18 +1,23 @@
 """The report's input: rows (and raw samples) of one or more run directories as pandas frames.
 
 Every column the figures read is guaranteed to exist (missing ones are filled with NaN), so a
-section builder never has to ask whether an older or partial run has a field.
+section builder never has to ask whether an older or partial run has a field. With a baseline, each
+run is also judged against it by `harness compare`'s rule (`judge_runs`): the report draws those
+verdicts and has no regression rule of its own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from harness.results import RunDir, load_rows
+
+if TYPE_CHECKING:
+    from harness.regress.compare import Comparison
 
 # Case axes in the order a reader thinks about them; the ones that vary name a line.
 AXES: tuple[str, ...] = (
@@ -25,13 +30,17 @@ COLUMNS: tuple[str, ...] = (
     "time_ms_median", "time_ms_p20", "time_ms_p80", "num_samples", "flops", "tflops",
     "tokens_per_s", "peak_mem_bytes", "peak_mem_above_inputs_bytes", "peak_mem_bytes_per_rank",
     "input_bytes", "model_peak_mem_bytes", "err_rel_l2", "err_max_abs",
-    "err_naive_same_dtype_rel_l2",
+    "err_naive_same_dtype_rel_l2", "memory_exponent", "uses_block_size",
 )  # fmt: skip
 
 
 @dataclass
 class ReportData:
-    """Rows of the runs (concatenated, `run_id` tells them apart), their samples and run.json."""
+    """Rows of the runs (concatenated, `run_id` tells them apart), their samples and run.json.
+
+    With a baseline: its rows and run.json, `comparisons` (compare's verdicts, one Comparison per
+    run that could be compared) and `comparison_notes` (why a run could not be, in words).
+    """
 
     rows: pd.DataFrame
     samples: pd.DataFrame
@@ -39,6 +48,8 @@ class ReportData:
     baseline: pd.DataFrame | None = None
     baseline_meta: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    comparisons: list[Comparison] = field(default_factory=list)
+    comparison_notes: list[str] = field(default_factory=list)
 
 
 def normalize(frame: pd.DataFrame) -> pd.DataFrame:
@@ -75,6 +86,25 @@ def load_run(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     return rows, samples, meta
 
 
+def judge_runs(baseline: Path, run_dirs: list[Path]) -> tuple[list[Comparison], list[str]]:
+    """`harness compare BASELINE RUN` for every run, with the thresholds compare would use (the
+    run's suite `compare:` section), so the page rings exactly the rows compare flags.
+
+    Runs compare refuses (another suite or profile, no rows) are left out with the reason.
+    """
+    from harness.regress import compare as cmp
+
+    base = cmp.load_run(baseline)
+    comparisons, notes = [], []
+    for path in run_dirs:
+        cand = cmp.load_run(path)
+        try:
+            comparisons.append(cmp.compare(base, cand, cmp.settings_for(cand, {})))
+        except cmp.CompareError as exc:
+            notes.append(f"{cand.run_id} not compared: {exc}")
+    return comparisons, notes
+
+
 def load_report_data(run_dirs: list[Path], baseline: Path | None = None) -> ReportData:
     loaded = [load_run(Path(p)) for p in run_dirs]
     rows = (
@@ -87,4 +117,5 @@ def load_report_data(run_dirs: list[Path], baseline: Path | None = None) -> Repo
     if baseline is not None:
         base_rows, _, base_meta = load_run(Path(baseline))
         data.baseline, data.baseline_meta = base_rows, base_meta
+        data.comparisons, data.comparison_notes = judge_runs(Path(baseline), run_dirs)
     return data

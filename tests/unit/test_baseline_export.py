@@ -17,7 +17,7 @@ from harness.errors import HarnessError
 from harness.regress.baseline import baseline_dir, describe, promote
 from harness.regress.compare import compare_paths
 from harness.regress.pytest_benchmark import stats, to_pytest_benchmark
-from harness.report.history_figure import comparison_figure
+from harness.report.comparison import comparison_figure, verdict_frame
 from tests.helpers.synthetic_runs import failed_row, make_run, ok_row, samples
 
 
@@ -80,7 +80,12 @@ def test_comparison_figure_marks_regressions(tmp_path):
     c = make_run(
         tmp_path / "c", [ok_row(time_ms=[x * 1.5 for x in t]), ok_row(impl="naive", time_ms=t)]
     )
-    fig = comparison_figure(compare_paths(b, c))
-    trace = fig.data[0]
-    assert list(trace.text) == ["regression", "unchanged"]
-    assert trace.x[0] == pytest.approx(1.5) and trace.marker.color[0] == "crimson"
+    fig = comparison_figure(verdict_frame([compare_paths(b, c)]))
+    points = {t["name"]: t for t in fig["data"] if t["meta"].get("metric") == "time_ratio"}
+    assert points["chunked"]["y"] == [pytest.approx(1.5)] and points["naive"]["y"] == [1.0]
+    assert [v for v, _ in points["chunked"]["customdata"]] == ["regression"]
+    assert [v for v, _ in points["naive"]["customdata"]] == ["unchanged"]
+    rings = [t for t in fig["data"] if t["meta"]["role"] == "flag"]
+    assert len(rings) == 1 and rings[0]["meta"]["flag"] == "regression"
+    assert rings[0]["y"] == [pytest.approx(1.5)] and rings[0]["marker"]["color"] == "#d62728"
+    assert rings[0]["text"][0].endswith("chunked · fwd")
