@@ -15,7 +15,6 @@ SeqLayout = Literal["contiguous", "striped", "zigzag"]
 WorkloadName = Literal["attention", "layer"]
 
 DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16", "float64")
-PHASES: tuple[str, ...] = ("fwd", "bwd", "fwd_bwd")
 SEQ_LAYOUTS: tuple[str, ...] = ("contiguous", "striped", "zigzag")
 
 

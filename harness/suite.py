@@ -9,12 +9,12 @@ from __future__ import annotations
 import copy
 import itertools
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from harness.case import DTYPES, Case, DType, Phase, SeqLayout, WorkloadName
+from harness.case import Case, DType, Phase, SeqLayout, WorkloadName
 from harness.errors import SuiteError, UnknownImplementation
 
 
@@ -239,7 +239,3 @@ def load_suite(path: str | Path, *, profile: str | None = None) -> Suite:
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise SuiteError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
     return parse_suite(data, where=str(path), profile=profile)
-
-
-ALLOWED_DTYPES = DTYPES
-ALLOWED_PHASES = get_args(Phase)

@@ -154,4 +154,4 @@ def bpt_attention(q_bhsd: torch.Tensor, k_bhsd: torch.Tensor, v_bhsd: torch.Tens
 
 
 BPT = register(Impl(name="bpt", label="Blockwise (BPT)", forward=bpt_attention,
-                    layout="bhsd"))  # fmt: skip
+                    layout="bhsd", memory_exponent=1, uses_block_size=True))  # fmt: skip

@@ -38,4 +38,5 @@ def bpt_layer(x_bsh: torch.Tensor, params: dict[str, torch.Tensor], *, causal: b
 
 
 BPT_LAYER = register(Impl(name="bpt_layer", label="BPT layer (blockwise attn + FFN)",
-                          forward=bpt_layer, workload="layer"))  # fmt: skip
+                          forward=bpt_layer, workload="layer", memory_exponent=1,
+                          uses_block_size=True))  # fmt: skip

@@ -75,4 +75,5 @@ def chunked_attention(q_bhsd: torch.Tensor, k_bhsd: torch.Tensor, v_bhsd: torch.
 
 
 CHUNKED = register(Impl(name="chunked", label="Chunked (Rabe & Staats)",
-                        forward=chunked_attention, layout="bhsd"))  # fmt: skip
+                        forward=chunked_attention, layout="bhsd", memory_exponent=1,
+                        uses_block_size=True))  # fmt: skip

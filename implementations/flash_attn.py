@@ -130,7 +130,8 @@ def _forward(flavor: _Flavor) -> Callable[..., torch.Tensor]:
 def _register(flavor: _Flavor) -> Impl:
     return register(Impl(name=flavor.name, label=flavor.label, forward=_forward(flavor),
                          layout="bshd", available=_available(flavor), unsupported=_limits(flavor),
-                         tags=("third-party", "cuda", "causal-bottom-right")))  # fmt: skip
+                         tags=("third-party", "cuda", "causal-bottom-right"),
+                         memory_exponent=1))  # fmt: skip
 
 
 FLASH_ATTN2 = _register(FA2)

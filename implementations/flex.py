@@ -98,4 +98,5 @@ def flex_forward(q_bhsd: torch.Tensor, k_bhsd: torch.Tensor, v_bhsd: torch.Tenso
 
 FLEX = register(Impl(name="flex", label="FlexAttention (compiled)", forward=flex_forward,
                      layout="bhsd", available=_available, unsupported=_limits,
-                     tags=("torch", "compiled", "causal-top-left")))  # fmt: skip
+                     tags=("torch", "compiled", "causal-top-left"),
+                     memory_exponent=1))  # fmt: skip

@@ -62,7 +62,8 @@ def memeff_limits(case: Case, device: str) -> list[str]:
 
 
 VANILLA_LAYER = register(Impl(name="vanilla_layer", label="Vanilla layer (naive attn + FFN)",
-                              forward=vanilla_layer, workload="layer"))  # fmt: skip
+                              forward=vanilla_layer, workload="layer",
+                              memory_exponent=2))  # fmt: skip
 MEMEFF_LAYER = register(Impl(name="memeff_layer", label="Mem-eff layer (fused attn + FFN)",
                              forward=memeff_layer, workload="layer",
-                             unsupported=memeff_limits))  # fmt: skip
+                             unsupported=memeff_limits, memory_exponent=1))  # fmt: skip

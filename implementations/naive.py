@@ -23,4 +23,5 @@ def naive_attention(q_bhsd: torch.Tensor, k_bhsd: torch.Tensor, v_bhsd: torch.Te
     return torch.softmax(scores_bhss, dim=-1) @ v_bhsd
 
 
-NAIVE = register(Impl(name="naive", label="Naive (S×S)", forward=naive_attention, layout="bhsd"))
+NAIVE = register(Impl(name="naive", label="Naive (S×S)", forward=naive_attention, layout="bhsd",
+                      memory_exponent=2))  # fmt: skip

@@ -74,14 +74,16 @@ def _cudnn_limits(case: Case, device: str) -> list[str]:
 
 
 SDPA_MATH = register(Impl(name="sdpa_math", label="SDPA math",
-                          forward=partial(_sdpa, SDPBackend.MATH), layout="bhsd"))  # fmt: skip
+                          forward=partial(_sdpa, SDPBackend.MATH), layout="bhsd",
+                          memory_exponent=2))  # fmt: skip
 SDPA_FLASH = register(Impl(name="sdpa_flash", label="SDPA flash",
                            forward=partial(_sdpa, SDPBackend.FLASH_ATTENTION), layout="bhsd",
-                           unsupported=_flash_limits))  # fmt: skip
+                           unsupported=_flash_limits, memory_exponent=1))  # fmt: skip
 SDPA_EFFICIENT = register(Impl(name="sdpa_efficient", label="SDPA mem-efficient",
                                forward=partial(_sdpa, SDPBackend.EFFICIENT_ATTENTION),
                                layout="bhsd", available=_needs_cuda("memory-efficient"),
-                               unsupported=_efficient_limits))  # fmt: skip
+                               unsupported=_efficient_limits, memory_exponent=1))  # fmt: skip
 SDPA_CUDNN = register(Impl(name="sdpa_cudnn", label="SDPA cuDNN",
                            forward=partial(_sdpa, SDPBackend.CUDNN_ATTENTION), layout="bhsd",
-                           available=_cudnn_available, unsupported=_cudnn_limits))  # fmt: skip
+                           available=_cudnn_available, unsupported=_cudnn_limits,
+                           memory_exponent=1))  # fmt: skip

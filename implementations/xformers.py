@@ -180,7 +180,7 @@ def _forward(family: str | None) -> Callable[..., torch.Tensor]:
 def _register(name: str, label: str, family: str | None) -> Impl:
     return register(Impl(name=name, label=label, forward=_forward(family), layout="bshd",
                          available=_available(family), unsupported=_limits(family),
-                         tags=("third-party", "causal-top-left")))  # fmt: skip
+                         tags=("third-party", "causal-top-left"), memory_exponent=1))  # fmt: skip
 
 
 XFORMERS = _register("xformers", "xformers (dispatcher)", None)

@@ -1,7 +1,8 @@
 """Block-size trade-off of blockwise implementations: time and peak memory vs block size.
 
-Small blocks bound memory; large blocks feed the matmul units better. One line per implementation ×
-sequence length; the other axes that vary become a slice selector.
+Small blocks bound memory; large blocks feed the matmul units better. Plotted: the rows whose
+implementation declares `uses_block_size` (a fact every row carries; see `models`), one line per
+implementation × sequence length; the other axes that vary become a slice selector.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ PANELS = (("time_ms_median", "time (ms)"), ("peak_mem_bytes", "peak memory"))
 
 def block_rows(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     sel = rows[(rows["status"] == "ok") & (rows["world_size"] == 1) & rows["block_size"].notna()]
-    sel = sel[sel["impl"].map(models.is_blockwise).astype(bool)]
+    sel = sel[models.uses_block_size(sel)]
     if sel.empty:
         return sel, []
     sel, slice_axes = with_lines_and_slices(sel, ("block_size",), line_axes=("seq_len",))

@@ -1,7 +1,7 @@
 """Peak memory vs sequence length, with a marker where a line stops (OOM, timeout, error) and the
-analytic expectation as a dashed line: inputs (linear) plus working memory growing as S^k, k from
-`models.MEMORY_EXPONENT`, anchored at the line's shortest ok length; or the row's own
-`model_peak_mem_bytes` when an analytic model filled it in.
+analytic expectation as a dashed line: inputs (linear) plus working memory growing as S^k, k the
+`memory_exponent` the rows declare (see `models`), anchored at the line's shortest ok length; or
+the row's own `model_peak_mem_bytes` when an analytic model filled it in.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ COLUMNS = [
     MEM,
     "input_bytes",
     models.MODEL_MEM_COLUMN,
+    models.EXPONENT_COLUMN,
     "text",
     "peak_mem_above_inputs_bytes",
 ]
@@ -59,7 +60,7 @@ def guide(line: dict[str, np.ndarray]) -> tuple[list[float], list[float]] | None
     if not pd.isna(model).any():
         by_len = dict(zip(line["seq_len"][ok].tolist(), model.tolist(), strict=True))
         return lens, [by_len.get(s, float("nan")) for s in lens]
-    k = models.memory_exponent(str(line["impl"][0]))
+    k = models.memory_exponent(line[models.EXPONENT_COLUMN])
     if k is None:
         return None
     first = int(np.flatnonzero(ok)[0])

@@ -6,8 +6,8 @@ import pytest
 
 from harness.report import write_report
 from harness.report.page import default_traces
-from harness.report.synthetic import HOSTILE_REASON, write_synthetic_run
 from tests.browser.conftest import ARTIFACTS
+from tests.helpers.synthetic_report import HOSTILE_REASON, write_synthetic_run
 
 pytestmark = pytest.mark.browser
 
@@ -133,9 +133,7 @@ def test_5000_rows_render_fast_and_small(open_report, tmp_path):
 def test_static_export_through_kaleido(browser, tmp_path):
     """`--static svg` exports every figure with kaleido driving the same system Chromium."""
     pytest.importorskip("kaleido", reason="kaleido not installed: pip install '.[static]'")
-    from harness.report.synthetic import write_synthetic_run as write
-
-    run = write(tmp_path, 300)
+    run = write_synthetic_run(tmp_path, 300)
     write_report([run], tmp_path / "r.html", static="svg")
     files = sorted(p.name for p in (tmp_path / "r-figures").iterdir())
     assert files == [

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from harness.case import Case
 from harness.report import accuracy, blocks, comparison, memory, scaling, throughput
 from harness.report.data import load_report_data, normalize
 from harness.report.page import default_traces, figure_json
-from harness.report.synthetic import write_synthetic_run
+from harness.suite import load_suite
+from tests.helpers.synthetic_report import write_synthetic_run
+from tests.helpers.synthetic_runs import IMPL_FACTS, impl_facts, make_run, ok_row
+
+SUITES = Path(__file__).resolve().parents[2] / "suites"
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +35,18 @@ def lines(fig, **controls):
 
 def npoints(traces):
     return sum(len(t["x"]) for t in traces)
+
+
+def _cases(**axes) -> list[Case]:
+    keys = list(axes)
+    return [Case(**dict(zip(keys, values, strict=True)))
+            for values in itertools.product(*axes.values())]  # fmt: skip
+
+
+def _sweep_rows(cases: list[Case], phases: list[str], impl: str) -> list[dict]:
+    """ok rows of `impl` on every case × phase, with the case's axes and `impl`'s facts."""
+    return [ok_row(case=c.name, impl=impl, phase=phase, peak_mem_bytes=(c.block_size or 1) << 10)
+            | c.to_dict() for c in cases for phase in phases]  # fmt: skip
 
 
 def test_throughput_has_one_point_per_ok_single_device_row(data):
@@ -70,19 +89,43 @@ def test_memory_marks_where_a_line_stops(data):
     assert naive["y"][-1] in marker["y"]
 
 
-def test_memory_guide_is_quadratic_for_naive_and_linear_for_blockwise():
-    base = {"status": "ok", "input_bytes": 100.0, "model_peak_mem_bytes": None}
-    line = pd.DataFrame([base | {"impl": "naive", "seq_len": s, "peak_mem_bytes": 100.0 + w}
+def _line(impl: str, **facts) -> dict:
+    """One memory line of `impl` (two lengths) as `memory.guide` gets it, with the given facts."""
+    base = {"status": "ok", "input_bytes": 100.0, "model_peak_mem_bytes": None,
+            "memory_exponent": None} | facts  # fmt: skip
+    line = pd.DataFrame([base | {"impl": impl, "seq_len": s, "peak_mem_bytes": 100.0 + w}
                          for s, w in ((1000, 50.0), (2000, 1.0))])  # fmt: skip
-    arrays = {c: line[c].to_numpy() for c in line}
-    lens, expected = memory.guide(arrays)
+    return {c: line[c].to_numpy() for c in line}
+
+
+def test_memory_guide_exponent_comes_from_the_rows():
+    lens, expected = memory.guide(_line("naive", **impl_facts("naive")))
     assert lens == [1000, 2000]
-    assert expected == pytest.approx([150.0, 200.0 + 50.0 * 4])
-    arrays["impl"] = arrays["impl"].copy()
-    arrays["impl"][:] = "chunked"
-    assert memory.guide(arrays)[1] == pytest.approx([150.0, 200.0 + 50.0 * 2])
-    arrays["impl"][:] = "someone_elses_kernel"
-    assert memory.guide(arrays) is None
+    assert expected == pytest.approx([150.0, 200.0 + 50.0 * 4])  # S²
+    assert memory.guide(_line("bpt", **impl_facts("bpt")))[1] == pytest.approx(
+        [150.0, 200.0 + 50.0 * 2]  # linear
+    )
+    # The name means nothing: a plugin's kernel declaring 2 gets S², naive declaring none none.
+    assert memory.guide(_line("plugin_kernel", memory_exponent=2))[1][1] == pytest.approx(400.0)
+    assert memory.guide(_line("naive")) is None  # a row written before the facts existed
+    assert memory.guide(_line("naive", memory_exponent=float("nan"))) is None
+
+
+def test_memory_figure_draws_guides_only_for_lines_with_declared_facts(tmp_path):
+    rows = [
+        ok_row(case=c.name, impl=impl, peak_mem_bytes=(c.seq_len // 1024) ** 2 << 20) | c.to_dict()
+        for c in _cases(seq_len=(1024, 2048))
+        for impl in ("naive", "bpt")
+    ]
+    rows += [{k: v for k, v in r.items() if k not in IMPL_FACTS["naive"]} | {"impl": "old"}
+             for r in rows if r["impl"] == "naive"]  # fmt: skip
+    data = load_report_data([make_run(tmp_path / "run", rows)])
+    fig = memory.memory_figure(data.rows)
+    guides = {t["name"]: t["y"] for t in fig["data"] if t["meta"]["role"] == "model"}
+    assert set(guides) == {"naive (model)", "bpt (model)"}
+    mib = 1 << 20
+    assert guides["naive (model)"][1] == pytest.approx(4 * mib)  # 1 MiB at S, ×4 at 2S
+    assert guides["bpt (model)"][1] == pytest.approx(2 * mib)  # ×2
 
 
 def test_accuracy_flags_errors_above_twice_naive(data):
@@ -105,6 +148,29 @@ def test_block_section_only_for_blockwise_implementations(data):
     assert all(len(set(t["x"])) >= 2 for t in lines(fig))
 
 
+def test_a_bpt_only_block_size_sweep_gets_a_block_figure(tmp_path):
+    suite = load_suite(SUITES / "bpt_blocks.yaml")
+    assert suite.implementations == ["bpt"]
+    rows = _sweep_rows(suite.cases(), list(suite.sweep.phase), "bpt")
+    data = load_report_data([make_run(tmp_path / "run", rows)])
+    fig = blocks.block_figure(data.rows)
+    assert fig is not None
+    assert {t["meta"]["series"] for t in lines(fig)} == {"bpt"}
+    sizes = sorted({c.block_size for c in suite.cases()})
+    assert all(sorted(t["x"]) == sizes for t in lines(fig))
+
+
+def test_no_block_figure_without_the_declared_fact(tmp_path):
+    """Rows of an older harness carry no `uses_block_size`; nor do kernels that ignore blocks."""
+    cases = _cases(seq_len=(1024,), block_size=(128, 256, 512))
+    old = [{k: v for k, v in r.items() if k not in IMPL_FACTS["bpt"]}
+           for r in _sweep_rows(cases, ["fwd"], "bpt")]  # fmt: skip
+    ignores = _sweep_rows(cases, ["fwd"], "sdpa_flash")
+    assert "uses_block_size" not in old[0] and ignores[0]["uses_block_size"] is False
+    data = load_report_data([make_run(tmp_path / "run", old + ignores)])
+    assert blocks.block_figure(data.rows) is None
+
+
 def test_scaling_appears_only_with_several_devices(data):
     fig = scaling.scaling_figure(data.rows)
     assert fig is not None
@@ -118,16 +184,19 @@ def test_scaling_appears_only_with_several_devices(data):
     assert scaling.scaling_figure(single) is None
 
 
-def test_comparison_flags_a_clear_regression_only(data):
-    cand = data.rows.copy()
-    slow = cand.index[cand["status"] == "ok"][0]
-    for col in ("time_ms_median", "time_ms_p20", "time_ms_p80"):
-        cand.loc[slow, col] *= 2
-    both = comparison.compare_rows(cand, data.rows)
-    assert both["regression"].sum() == 1
-    assert both.loc[both["regression"], "case"].iloc[0] == cand.loc[slow, "case"]
-    assert not both["improvement"].any()
-    fig = comparison.comparison_figure(cand, data.rows)
+def test_comparison_flags_a_clear_regression_only(tmp_path):
+    # The ring is compare's verdict, which reads raw samples: slow one row's samples 2x.
+    from harness.regress.compare import compare_paths
+
+    t = [10.0 + 0.01 * i for i in range(10)]
+    impls = ("naive", "chunked", "sdpa_math")
+    base = make_run(tmp_path / "b", [ok_row(impl=i, time_ms=t) for i in impls])
+    slow = [ok_row(impl=i, time_ms=[x * (2 if i == "chunked" else 1) for x in t]) for i in impls]
+    frame = comparison.verdict_frame([compare_paths(base, make_run(tmp_path / "c", slow))])
+    rings = comparison.ringed(frame)
+    assert rings["regression"] == {("c", ok_row()["case"], "chunked", "fwd")}
+    assert rings["improvement"] == set()
+    fig = comparison.comparison_figure(frame)
     assert [len(t["x"]) for t in fig["data"] if t["meta"]["role"] == "flag"] == [1]
 
 

@@ -13,7 +13,7 @@ from harness.report import SECTIONS, Section, register_section, write_report
 from harness.report.data import load_report_data
 from harness.report.header import status_counts
 from harness.report.page import plotly_js, safe_json
-from harness.report.synthetic import HOSTILE_REASON, write_synthetic_run
+from tests.helpers.synthetic_report import HOSTILE_REASON, write_synthetic_run
 
 
 @pytest.fixture(scope="module")

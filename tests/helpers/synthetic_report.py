@@ -1,7 +1,9 @@
-"""A synthetic run directory of any size, for the report's tests and benchmarks.
+"""A synthetic run directory of any size, for the report's tests (unit and browser).
 
 Numbers follow simple, plausible laws (time ∝ S², memory ∝ S or S², naive running out of memory at
 long lengths) so the figures look like a real run; one reason carries `<script>` to prove escaping.
+Rows carry their implementation's declared facts from `synthetic_runs.IMPL_FACTS`, as the worker
+writes them. Rows go to disk in bulk: `RunDir.append` fsyncs every line, too slow for 5,000 rows.
 """
 
 from __future__ import annotations
@@ -16,16 +18,21 @@ from typing import Any
 from harness.case import Case
 from harness.measure.flops import case_flops
 from harness.results import ROWS, SAMPLES, RunDir
+from harness.rows import SCHEMA_VERSION
+from tests.helpers.synthetic_runs import impl_facts
 
 IMPLS = ("naive", "chunked", "sdpa_math", "sdpa_flash", "ring_demo")
 HOSTILE_REASON = '<script>window.__pwned = 1</script> & "quotes" <b>not bold</b>'
+_SPEED = {"naive": 1.0, "chunked": 0.7, "sdpa_math": 0.9, "sdpa_flash": 2.5, "ring_demo": 2.0,
+          "bpt": 1.2}  # fmt: skip
 
 
-def _row(case: Case, impl: str, phase: str, rng: random.Random) -> dict[str, Any]:
+def synthetic_row(case: Case, impl: str, phase: str, rng: random.Random) -> dict[str, Any]:
+    """One row of `impl` on `case`; `time_samples_ms` holds its raw samples (ok rows only)."""
     s = case.seq_len
-    row: dict[str, Any] = {"schema_version": 1, "case": case.name, "impl": impl, "phase": phase,
-                           "label": impl, "device": "cpu", **case.to_dict(), "status": "ok",
-                           "reason": ""}  # fmt: skip
+    row: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "case": case.name, "impl": impl,
+                           "phase": phase, "label": impl, "device": "cpu", **case.to_dict(),
+                           **impl_facts(impl), "status": "ok", "reason": ""}  # fmt: skip
     if impl == "naive" and s * case.batch >= 16384:
         return row | {"status": "oom", "reason": "OutOfMemoryError: CUDA out of memory (synthetic)"}
     if impl == "sdpa_math" and s >= 32768:
@@ -34,9 +41,8 @@ def _row(case: Case, impl: str, phase: str, rng: random.Random) -> dict[str, Any
         return row | {"status": "unsupported", "reason": "flash needs float16 or bfloat16"}
     if impl == "chunked" and s == 4096 and case.block_size == 512 and phase == "bwd":
         return row | {"status": "error", "reason": HOSTILE_REASON}
-    speed = {"naive": 1.0, "chunked": 0.7, "sdpa_math": 0.9, "sdpa_flash": 2.5, "ring_demo": 2.0}
     flops = case_flops(case, phase)
-    time_ms = flops / (speed[impl] * 2e10 * (1 + 0.2 * math.log2(s / 256 + 1))) * 1e3
+    time_ms = flops / (_SPEED[impl] * 2e10 * (1 + 0.2 * math.log2(s / 256 + 1))) * 1e3
     time_ms *= rng.uniform(0.95, 1.05) / (0.8 * case.world_size if case.world_size > 1 else 1)
     in_bytes = 3 * case.batch * s * case.num_heads * case.head_dim * 4
     quadratic = impl in ("naive", "sdpa_math")
@@ -75,10 +81,10 @@ def synthetic_cases(num_rows: int) -> list[tuple[Case, str, str]]:
     return out
 
 
-def write_synthetic_run(root: Path, num_rows: int, seed: int = 0) -> Path:
+def write_triples(root: Path, run_id: str, triples: list[tuple[Case, str, str]],
+                  seed: int = 0) -> Path:  # fmt: skip
+    """A run directory `root/run_id` with one synthetic row per (case, impl, phase)."""
     rng = random.Random(seed)
-    run_id = f"synthetic-{num_rows}"
-    triples = synthetic_cases(num_rows)
     cases = {c.name: c for c, _, _ in triples}
     meta = {"run_id": run_id, "suite_name": "synthetic", "provenance": {
         "device": "cpu", "device_name": "Synthetic CPU", "torch_version": "2.13.0+cpu",
@@ -87,13 +93,18 @@ def write_synthetic_run(root: Path, num_rows: int, seed: int = 0) -> Path:
     suite = {"cases": [c.to_dict() | {"name": n} for n, c in cases.items()]}
     run = RunDir.create(Path(root) / run_id, meta, suite)
     rows, samples = [], []
-    for case, impl, phase in triples:  # written in bulk: RunDir.append fsyncs every line
-        row = _row(case, impl, phase, rng) | {"run_id": run_id}
+    for case, impl, phase in triples:
+        row = synthetic_row(case, impl, phase, rng) | {"run_id": run_id}
         times = row.pop("time_samples_ms", None)
         if times is not None:
-            samples.append({"schema_version": 1, "case": case.name, "impl": impl, "phase": phase,
-                            "time_ms": times})  # fmt: skip
+            samples.append({"schema_version": SCHEMA_VERSION, "case": case.name, "impl": impl,
+                            "phase": phase, "time_ms": times})  # fmt: skip
         rows.append(row)
     (run.path / ROWS).write_text("".join(json.dumps(r) + "\n" for r in rows))
     (run.path / SAMPLES).write_text("".join(json.dumps(r) + "\n" for r in samples))
     return run.path
+
+
+def write_synthetic_run(root: Path, num_rows: int, seed: int = 0) -> Path:
+    """`root/synthetic-<num_rows>`: the first num_rows rows of the synthetic sweep."""
+    return write_triples(root, f"synthetic-{num_rows}", synthetic_cases(num_rows), seed)
