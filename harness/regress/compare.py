@@ -7,6 +7,11 @@ effect size plus a rank test, not means). The ratio's confidence interval is a p
 bootstrap of median(candidate) / median(baseline). Memory and error are near-deterministic and gate
 on tolerances alone. Status changes away from `ok` are always regressions.
 
+A NaN or an infinity is never compared like a number (every comparison with NaN is False, so it
+would pass silently). Per gated metric (time and its samples, throughput, peak memory, every error):
+finite in the baseline (or absent) and not finite in the candidate is a regression; not finite in
+the baseline means the metric cannot be gated, and the row's verdict says so (`ungated`), visibly.
+
 Optionally, times are normalized to a reference implementation measured in the same run
 (candidate_time / candidate_ref_time over baseline_time / baseline_ref_time), which cancels most of
 the difference between two noisy or heterogeneous CI machines.
@@ -23,21 +28,27 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from harness.errors import HarnessError, ResultsError
+from harness.regress.baseline import describe, expected_keys
 from harness.results import RunDir
 from harness.suite import CompareSettings
 
 Key = tuple[str, str, str]
-Verdict = Literal["regression", "missing", "changed", "new", "vanished", "improvement", "unchanged"]
+Verdict = Literal["regression", "missing", "changed", "ungated", "new", "vanished", "improvement",
+                  "unchanged"]  # fmt: skip
 # Worst first in every listing.
 VERDICT_ORDER: tuple[str, ...] = (
-    "regression", "missing", "changed", "vanished", "new", "improvement", "unchanged",
+    "regression", "missing", "changed", "ungated", "vanished", "new", "improvement", "unchanged",
 )  # fmt: skip
+# The metrics gated on a row ok on both sides (error metrics are every `err_*_rel_l2`, see
+# `_error_metrics`); each must be finite on both sides to be compared at all.
+TIME, THROUGHPUT, MEMORY = "time_ms_median", ("tflops", "tokens_per_s"), "peak_mem_bytes"
 ERR_FLOOR = 1e-9  # absolute slack so that an error of ~0 (float64) cannot trip a ratio test
 NAIVE_RULE_OUT = 2.0  # ANCHORS.md: err(impl) <= 2 x err(naive in the same low precision) + floor
 NAIVE_RULE_GRAD = 3.0  # and 2-3 x for gradients
@@ -70,13 +81,14 @@ class Run:
     def device_name(self) -> str | None:
         return (self.meta.get("provenance") or {}).get("device_name")
 
+    @cached_property
+    def expected(self) -> frozenset[Key]:
+        """Every row this run's suite asks for."""
+        return frozenset(expected_keys(self.suite))
+
     def expects(self, key: Key) -> bool:
         """Whether this run's suite asks for `key` (so a missing row means an unfinished run)."""
-        spec = self.suite.get("suite") or {}
-        cases = {c.get("name") for c in self.suite.get("cases") or []}
-        phases = (spec.get("sweep") or {}).get("phase") or []
-        impls = spec.get("implementations") or []
-        return key[0] in cases and key[1] in impls and key[2] in phases
+        return key in self.expected
 
     def side(self, key: Key, ref: str | None = None) -> Side | None:
         """The row `key` with its samples (and, given `ref`, that implementation's row and samples
@@ -110,7 +122,33 @@ class Side:
         if not (self.samples and ref and self.ref_samples and ref.get("status") == "ok"):
             return None
         scale = float(np.median(self.ref_samples))
-        return [s / scale for s in self.samples] if scale > 0 else None
+        return [s / scale for s in self.samples] if finite(scale) and scale > 0 else None
+
+
+def finite(value: Any) -> bool:
+    """A real number that is neither NaN nor infinite (bools and None are not numbers here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def not_finite(value: Any) -> bool:
+    """NaN or +-inf: a number that cannot be compared (None, absent, is not this)."""
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _shown(value: Any) -> str:
+    """A metric value in a reason: 3 significant digits, and `nan` / `inf` as such."""
+    return f"{value:.3g}" if isinstance(value, int | float) else "none"
+
+
+def jsonable(value: Any) -> Any:
+    """`value` with every NaN / infinity as the string "nan" / "inf" / "-inf" (strict JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
 
 
 def load_run(path: str | Path) -> Run:
@@ -184,6 +222,7 @@ class RowResult:
     norm_time: TimeStats | None = None
     mem_ratio: float | None = None
     err_ratio: float | None = None
+    ungated: list[str] = field(default_factory=list)  # metrics not finite in the baseline
 
     @property
     def severity(self) -> float:
@@ -193,7 +232,8 @@ class RowResult:
         return max((r for r in ratios if r is not None and math.isfinite(r)), default=0.0)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain, strict-JSON data: a NaN or infinite ratio or time is the string "nan" / "inf"."""
+        return jsonable(asdict(self))
 
 
 @dataclass
@@ -226,6 +266,7 @@ class Comparison:
                           "device_name": self.candidate.device_name},
             "settings": self.settings.model_dump(),
             "regression": self.failed,
+            "ungated": len(self.by_verdict("ungated")),
             "counts": self.counts(),
             "warnings": self.warnings,
             "rows": [r.to_dict() for r in self.rows],
@@ -266,6 +307,11 @@ def _check_comparable(base: Run, cand: Run) -> list[str]:
         b, c = ((r.meta.get("provenance") or {}).get(key) for r in (base, cand))
         if b != c:
             notes.append(f"{key}: {b} (baseline) -> {c} (candidate)")
+    forced = describe(base.path)
+    if forced.get("forced") and (forced.get("num_missing_rows") or forced.get("failed_rows")):
+        notes.append(f"the baseline was promoted with --force: {forced.get('num_missing_rows', 0)} "
+                     f"rows missing, {len(forced.get('failed_rows') or [])} failed; rows it lacks "
+                     f"are `new`, not judged")  # fmt: skip
     return notes
 
 
@@ -285,8 +331,8 @@ def _judge_time(res: RowResult, stats_: TimeStats, s: CompareSettings, what: str
 
 
 def _judge_memory(res: RowResult, b: dict[str, Any], c: dict[str, Any], s: CompareSettings) -> None:
-    mb, mc = b.get("peak_mem_bytes"), c.get("peak_mem_bytes")
-    if mb is None or mc is None:
+    mb, mc = b.get(MEMORY), c.get(MEMORY)
+    if not (finite(mb) and finite(mc)):  # absent, or judged by `_judge_finite`
         return
     res.mem_ratio = mc / mb if mb > 0 else (1.0 if mc == 0 else math.inf)
     slack = max(s.mem_tol * mb, s.mem_floor_bytes)
@@ -298,38 +344,96 @@ def _judge_memory(res: RowResult, b: dict[str, Any], c: dict[str, Any], s: Compa
 
 
 def _error_metrics(row: dict[str, Any]) -> dict[str, float]:
+    """Every gated error metric the row has, finite or not (`_judge_finite` sorts those out)."""
     return {k: float(v) for k, v in row.items()
             if k.startswith("err_") and k.endswith("_rel_l2") and "naive" not in k
-            and isinstance(v, int | float) and math.isfinite(v)}  # fmt: skip
+            and isinstance(v, int | float) and not isinstance(v, bool)}  # fmt: skip
+
+
+def _naive_key(metric: str) -> tuple[str, float]:
+    if metric == "err_rel_l2":
+        return "err_naive_same_dtype_rel_l2", NAIVE_RULE_OUT
+    return "err_naive_same_dtype_grad_rel_l2", NAIVE_RULE_GRAD
 
 
 def _naive_limit(row: dict[str, Any], metric: str) -> float | None:
-    if metric == "err_rel_l2":
-        naive, factor = row.get("err_naive_same_dtype_rel_l2"), NAIVE_RULE_OUT
-    else:
-        naive, factor = row.get("err_naive_same_dtype_grad_rel_l2"), NAIVE_RULE_GRAD
-    return None if naive is None else factor * float(naive) + ERR_FLOOR
+    naive, factor = _naive_key(metric)
+    value = row.get(naive)
+    return factor * float(value) + ERR_FLOOR if finite(value) else None
 
 
 def _judge_error(res: RowResult, b: dict[str, Any], c: dict[str, Any], s: CompareSettings) -> None:
     eb, ec = _error_metrics(b), _error_metrics(c)
     ratios = []
     for metric in sorted(eb.keys() & ec.keys()):
+        if not (finite(eb[metric]) and finite(ec[metric])):
+            continue  # judged by `_judge_finite`
         vb, vc = eb[metric], ec[metric]
         ratios.append(vc / vb if vb > 0 else (1.0 if vc == 0 else math.inf))
         if vc > s.err_factor * vb + ERR_FLOOR:
             res.reasons.append(f"{metric} {vb:.3g} -> {vc:.3g} (> {s.err_factor:g}x baseline)")
             continue
         lim_b, lim_c = _naive_limit(b, metric), _naive_limit(c, metric)
+        naive = _naive_key(metric)[0]
+        for row, side in ((b, "baseline"), (c, "candidate")):
+            if not_finite(row.get(naive)):
+                res.notes.append(f"{metric}: {naive} is {row[naive]} in the {side}; the naive "
+                                 "rule is not applied")  # fmt: skip
         if lim_c is not None and vc > lim_c and not (lim_b is not None and vb > lim_b):
             res.reasons.append(f"{metric} {vc:.3g} is now above the naive-low-precision rule "
                                f"({lim_c:.3g})")  # fmt: skip
     res.err_ratio = max(ratios) if ratios else None
 
 
+def _time_value(side: Side) -> float | None:
+    """The side's time for the finiteness check: its median, or NaN / inf if any sample is."""
+    t = side.row.get(TIME)
+    if not_finite(t):
+        return t
+    return next((x for x in side.samples or () if not_finite(x)), t)
+
+
+def _judge_finite(res: RowResult, b: Side, c: Side, s: CompareSettings) -> set[str]:
+    """Judge every gated metric that is not finite on one side; return the metrics to skip.
+
+    Candidate not finite where the baseline is finite or absent: a regression (a kernel that
+    starts returning NaN). Baseline not finite: the metric cannot be gated, said in `ungated`.
+    """
+    values = [(TIME, _time_value(b), _time_value(c))]
+    values += [(m, b.row.get(m), c.row.get(m)) for m in (*THROUGHPUT, MEMORY)]
+    eb, ec = _error_metrics(b.row), _error_metrics(c.row)
+    values += [(m, eb.get(m), ec.get(m)) for m in sorted(eb.keys() | ec.keys())]
+    ref = s.normalize_to
+    if ref is not None and res.impl != ref:  # the reference's time scales this row's
+        for side, name in ((b, "baseline"), (c, "candidate")):
+            t = _time_value(Side(side.ref_row, side.ref_samples)) if side.ref_row else None
+            if not_finite(t):
+                res.ungated += [] if f"time vs {ref}" in res.ungated else [f"time vs {ref}"]
+                res.notes.append(f"time vs {ref}: {ref}'s time is {t} in the {name}; not gated")
+    skip = set()
+    for metric, vb, vc in values:
+        if not_finite(vb):
+            skip.add(metric)
+            res.ungated.append(metric)
+            res.notes.append(f"{metric}: the baseline's value is {vb} (not finite); not gated")
+        elif not_finite(vc):
+            skip.add(metric)
+            res.reasons.append(f"{metric} {_shown(vb)} -> {vc} (not finite)")
+    return skip
+
+
 def _compare_ok(res: RowResult, b: Side, c: Side, s: CompareSettings, same_device: bool,
                 ci: bool) -> None:  # fmt: skip
-    res.base_time_ms, res.cand_time_ms = b.row.get("time_ms_median"), c.row.get("time_ms_median")
+    res.base_time_ms, res.cand_time_ms = b.row.get(TIME), c.row.get(TIME)
+    skip = _judge_finite(res, b, c, s)
+    if TIME not in skip and f"time vs {s.normalize_to}" not in res.ungated:
+        _compare_time(res, b, c, s, same_device, ci)
+    _judge_memory(res, b.row, c.row, s)
+    _judge_error(res, b.row, c.row, s)
+
+
+def _compare_time(res: RowResult, b: Side, c: Side, s: CompareSettings, same_device: bool,
+                  ci: bool) -> None:  # fmt: skip
     confidence = 1 - s.alpha
     if b.samples and c.samples:
         res.time = time_stats(b.samples, c.samples, confidence=confidence, ci=ci)
@@ -348,8 +452,6 @@ def _compare_ok(res: RowResult, b: Side, c: Side, s: CompareSettings, same_devic
             _judge_time(res, res.time, s, "time")
         else:
             res.notes.append("reference implementation across devices: raw time not gated")
-    _judge_memory(res, b.row, c.row, s)
-    _judge_error(res, b.row, c.row, s)
 
 
 def judge(
@@ -362,7 +464,9 @@ def judge(
     candidate's suite asks for it: an unfinished run) or `vanished` (not expected), a status
     change (ok -> failed or skipped: `regression`; failed -> ok: `improvement`; otherwise
     `changed`), and for rows ok on both sides `regression` when time (effect and Mann-Whitney
-    evidence), memory or error says so, `improvement` when something improved, else `unchanged`.
+    evidence), memory or error says so or one of them stopped being finite, `ungated` when a
+    metric is not finite in the baseline (so it could not be judged), `improvement` when something
+    improved, else `unchanged`.
     `reasons` say why a row regressed, `notes` everything else. `same_device` False stops raw
     times from gating when normalizing; `ci` False skips the bootstrap interval (it informs the
     reader, never the verdict), which callers judging thousands of rows can afford to drop.
@@ -390,7 +494,8 @@ def judge(
     if b["status"] == "ok" and c["status"] == "ok":
         _compare_ok(res, base, cand, settings, same_device, ci)
         improved = any(n.startswith("improved") for n in res.notes)
-        res.verdict = "regression" if res.reasons else ("improvement" if improved else "unchanged")
+        res.verdict = ("regression" if res.reasons else "ungated" if res.ungated
+                       else "improvement" if improved else "unchanged")  # fmt: skip
     elif b["status"] == "ok":
         res.verdict = "regression"
         res.reasons.append(f"status ok -> {c['status']}: {c.get('reason') or ''}".rstrip(": "))

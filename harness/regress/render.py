@@ -2,7 +2,7 @@
 
 Reasons quote rows verbatim (`status ok -> error: [/__w/.../pair.cc:537] Read error`), so the
 terminal table is built of rich `Text` (never markup) and Markdown escapes only what would end a
-cell.
+cell. Rows compare could not gate (`ungated`: a NaN or infinity in the baseline) are always listed.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from harness.regress.compare import Comparison, RowResult, TimeStats
 
-_SHOWN = ("regression", "missing", "changed", "vanished", "new", "improvement")
+_SHOWN = ("regression", "missing", "changed", "ungated", "vanished", "new", "improvement")
 
 
 def _ratio(t: TimeStats | None) -> str:
@@ -56,6 +56,8 @@ def headline(cmp: Comparison) -> str:
     """The verdict in one line: regression or not, the two runs, the counts by verdict."""
     counts = ", ".join(f"{n} {v}" for v, n in cmp.counts().items())
     word = "REGRESSION" if cmp.failed else "no regression"
+    if ungated := len(cmp.by_verdict("ungated")):
+        word += f" ({ungated} rows not gated: NaN or inf)"
     return (f"{word}: {cmp.candidate.run_id} vs baseline {cmp.baseline.run_id} ({counts}; "
             f"{len(cmp.rows)} rows)")  # fmt: skip
 
@@ -79,7 +81,8 @@ def table(cmp: Comparison, *, show_all: bool = False) -> Any:
     t = Table(title=Text(headline(cmp)), caption=Text(thresholds(cmp)), caption_justify="left")
     for h in HEADERS:
         t.add_column(Text(h), overflow="fold")
-    styles = {"regression": "bold red", "missing": "bold red", "improvement": "green"}
+    styles = {"regression": "bold red", "missing": "bold red", "ungated": "yellow",
+              "improvement": "green"}  # fmt: skip
     for r in _visible(cmp, show_all):
         t.add_row(*(Text(c) for c in cells(r)), style=styles.get(r.verdict))
     return t
@@ -91,7 +94,8 @@ def _md_escape(text: str) -> str:
 
 def markdown(cmp: Comparison, *, show_all: bool = False, max_rows: int = 200) -> str:
     """A summary for a CI comment: verdict, warnings, thresholds and the rows that matter."""
-    lines = [f"### {'❌' if cmp.failed else '✅'} {headline(cmp)}", ""]
+    icon = "❌" if cmp.failed else ("⚠️" if cmp.by_verdict("ungated") else "✅")
+    lines = [f"### {icon} {headline(cmp)}", ""]
     lines += [f"> **Warning:** {_md_escape(w)}" for w in cmp.warnings if "devices" in w]
     other = [w for w in cmp.warnings if "devices" not in w]
     if other:

@@ -15,6 +15,7 @@ from harness.report.header import header_html
 from harness.report.page import render_page
 from harness.report.sections import SECTIONS, Section, build_sections, register_section
 from harness.report.table import table_payload
+from harness.results import write_text_atomic
 
 for _key, _module in (
     ("throughput", throughput),
@@ -50,12 +51,18 @@ def write_report(
     """Write the report of `run_dirs` (optionally against `baseline`) to `out_path`.
 
     With `static` ("png" or "svg"), every figure is also exported beside it, under
-    `<out_path stem>-figures/`. With `history_root`, a history section shows every run under it.
+    `<out_path stem>-figures/`; whether the export can run (kaleido installed) is checked before
+    anything is written. With `history_root`, a history section shows every run under it.
+    A run directory given twice (another spelling, a symlink) is read once.
     With `baseline`, each run is judged by `harness compare`'s rule and the verdicts are drawn.
 
     Bad input raises a `HarnessError` (a ValueError: the CLI's exit 2). Any other failure is a
     bug in the report and raises `ReportBug` (a RuntimeError), never mistaken for bad input.
     """
+    if static:
+        from harness.report.static import require_static
+
+        require_static(static)
     try:
         data = load_report_data([Path(p) for p in run_dirs], baseline=baseline)
         if history_root is not None:
@@ -68,10 +75,8 @@ def write_report(
     except Exception as exc:
         raise ReportBug(f"the report failed, not the input: {type(exc).__name__}: {exc}") from exc
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(out_path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out_path)
+    # atomic, and on failure no temporary file left behind; an OSError is a WriteError naming it
+    write_text_atomic(out_path, text, make_parents=True)
     if static:
         from harness.report.static import export_static
 

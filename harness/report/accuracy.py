@@ -3,7 +3,8 @@
 A strip plot, faceted by dtype × causal; every case of an implementation is a point (other axes
 that vary simply add points). The dashed line is the tolerance of STYLE.md / ANCHORS.md
 (flash-attention's rule): twice the error of naive attention computed in the same low precision.
-Points above their own case's tolerance are ringed in red.
+Points above their own case's tolerance are ringed in red. A NaN or infinite error is no point
+(the table and the header show it).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from harness.report.common import (
     case_text,
     facet_titles,
     facet_values,
+    finite,
     floats,
     grouped,
     impl_colors,
@@ -34,7 +36,7 @@ FLOOR = 1e-12  # errors of exactly 0 (fp64 runs) still need a place on a log axi
 
 def error_rows(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per (run, case, impl): the output error is the same for every phase; prefer fwd."""
-    sel = rows[(rows["status"] == "ok") & rows[ERR].notna() & (rows["world_size"] == 1)]
+    sel = rows[(rows["status"] == "ok") & finite(rows[ERR]) & (rows["world_size"] == 1)]
     sel = sel.assign(_later=sel["phase"] != "fwd").sort_values("_later", kind="stable")
     sel = sel.drop_duplicates(["run_id", "case", "impl"]).drop(columns="_later")
     return sel.assign(err_plot=sel[ERR].clip(lower=FLOOR))

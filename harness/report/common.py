@@ -6,7 +6,8 @@ selectors (a metric switch, a slice of the axes that vary but are not plotted): 
 its value for each control in `meta.controls`, and the page plots only the matching traces.
 
 Text handed to plotly is pseudo-HTML (plotly.js reads tags such as <b> and <br> in names and hover
-text), so every string that comes from results goes through `esc` first.
+text), so every string that comes from results goes through `esc` first. A NaN or an infinity is no
+point on a plot: builders draw only `finite` values, and `floats` turns any other into a gap.
 """
 
 from __future__ import annotations
@@ -118,12 +119,18 @@ def _num(value: Any) -> str:
 
 
 def floats(values: Any) -> list[float | None]:
-    """A JSON-ready list at 6 significant digits (plenty for a plot); NaN becomes None (a gap)."""
+    """A JSON-ready list at 6 significant digits (plenty for a plot); NaN and +-inf become None
+    (a gap: JSON has no such numbers)."""
     out: list[float | None] = []
     for v in list(values):
         v = None if v is None else float(v)
-        out.append(None if v is None or math.isnan(v) else float(f"{v:.6g}"))
+        out.append(None if v is None or not math.isfinite(v) else float(f"{v:.6g}"))
     return out
+
+
+def finite(values: Any) -> np.ndarray:
+    """Per value: a number that is neither NaN nor infinite (None and text are not)."""
+    return np.isfinite(pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float))
 
 
 def line_styles(frame: pd.DataFrame, colors: dict[str, str]) -> dict[str, dict[str, str]]:
@@ -227,7 +234,8 @@ class FigureSpec:
 
 def length_ticks(values: Any) -> dict[str, Any]:
     """Axis ticks at the sequence lengths of the run (1k = 1024), when there are few enough."""
-    lens = sorted({int(v) for v in values if v == v})
+    values = list(values)
+    lens = sorted({int(v) for v, ok in zip(values, finite(values), strict=True) if ok})
     if not lens or len(lens) > 12:
         return {}
     text = [f"{s // 1024}k" if s >= 1024 and s % 1024 == 0 else str(s) for s in lens]
@@ -291,7 +299,6 @@ def metric_panels(
 ) -> tuple[FigureSpec, Any]:  # fmt: skip
     """One panel per (metric, label), one line per series against `x`; returns the spec and the
     sorted selection (for the caller's axes and controls)."""
-    import pandas as pd
 
     styles = line_styles(sel, impl_colors(rows["impl"].tolist()))
     spec = FigureSpec(title, 440)
@@ -302,7 +309,7 @@ def metric_panels(
     for (name, slice_), g in grouped(sel, ["series", "slice"], columns):
         style = styles[name]
         for col, (metric, label) in enumerate(panels, start=1):
-            has = ~pd.isna(g[metric])
+            has = finite(g[metric])
             if not has.any():
                 continue
             spec.add({

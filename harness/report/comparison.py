@@ -5,7 +5,8 @@ judge, harness/regress/compare.py) on each run against the baseline, and this se
 the rows compare calls a regression (red) or an improvement (green), with the verdict and compare's
 reasons in the hover text. The points are compare's ratios for rows ok in both runs: the median-time
 ratio (normalized to the reference implementation when the suite's `compare:` asks for it) and the
-peak-memory ratio.
+peak-memory ratio. Rows compare could not gate (`ungated`: a NaN or infinity in the baseline) are
+ringed too (orange). A ratio that is not finite is no point; its ring sits at 1.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from harness.report.common import FigureSpec, esc, floats, impl_colors, template
+from harness.report.common import FigureSpec, esc, finite, floats, impl_colors, template
 from harness.report.data import ReportData
 from harness.report.sections import Section
 
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
     from harness.regress.compare import Comparison, RowResult
 
 KEYS = ["run_id", "case", "impl", "phase"]
-RINGS = {"regression": "#d62728", "improvement": "#2ca02c"}  # compare's verdicts that are ringed
+# compare's verdicts that are ringed
+RINGS = {"regression": "#d62728", "ungated": "#ff7f0e", "improvement": "#2ca02c"}
 PANELS = (("time_ratio", "time ratio (candidate / baseline)"), ("mem_ratio", "peak memory ratio"))
 COLUMNS = (*KEYS, "verdict", "time_ratio", "ci_low", "ci_high", "p_slower", "mem_ratio",
            "base_time_ms", "why", "seq_len")  # fmt: skip
@@ -85,7 +87,7 @@ def comparison_figure(frame: pd.DataFrame, *, time_label: str = PANELS[0][1]) ->
     spec = FigureSpec("Candidate vs baseline (compare's verdicts)", 600)
     spec.grid([[esc(time_label)], [PANELS[1][1]]], xlog=False, vgap=0.1)
     for row, (metric, _) in enumerate(PANELS, start=1):
-        for (impl, run_id), g in frame[frame[metric].notna()].groupby(["impl", "run_id"]):
+        for (impl, run_id), g in frame[finite(frame[metric])].groupby(["impl", "run_id"]):
             name = f"{impl} {run_id}" if many_runs else impl
             spec.add({
                 "x": g["label_x"].map(esc).tolist(), "y": floats(g[metric]), "mode": "markers",
@@ -103,8 +105,8 @@ def comparison_figure(frame: pd.DataFrame, *, time_label: str = PANELS[0][1]) ->
         g = frame[frame["verdict"] == verdict]
         if g.empty:
             continue
-        # a row without a time ratio (a status change, a memory-only verdict) is ringed at 1
-        y = floats(g["time_ratio"].fillna(1.0))
+        # a row without a finite time ratio (a status change, a memory-only verdict, NaN) sits at 1
+        y = floats(g["time_ratio"].where(finite(g["time_ratio"]), 1.0))
         spec.add({
             "x": g["label_x"].map(esc).tolist(), "y": y, "mode": "markers",
             "name": f"{verdict}s (compare)", "legendgroup": verdict,
@@ -151,6 +153,7 @@ def build(data: ReportData) -> Section | None:
         return Section("comparison", "Comparison", [], why)
     return Section("comparison", "Comparison", [fig],
                    f"Ratios against baseline {base_id}; below 1 is better. Rings are the verdicts "
-                   f"of `harness compare {base_id} RUN` (red: regression, green: improvement; "
-                   f"hover for compare's reasons): {_counts(data.comparisons)}. {notes}".rstrip()
+                   f"of `harness compare {base_id} RUN` (red: regression, orange: not gated, "
+                   f"a NaN or inf baseline value; green: improvement; hover for compare's "
+                   f"reasons): {_counts(data.comparisons)}. {notes}".rstrip()
                    )  # fmt: skip

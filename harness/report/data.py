@@ -1,9 +1,11 @@
 """The report's input: rows (and raw samples) of one or more run directories as pandas frames.
 
 Every column the figures read is guaranteed to exist (missing ones are filled with NaN), so a
-section builder never has to ask whether an older or partial run has a field. With a baseline, each
-run is also judged against it by `harness compare`'s rule (`judge_runs`): the report draws those
-verdicts and has no regression rule of its own.
+section builder never has to ask whether an older or partial run has a field. A NaN the row itself
+held (a kernel that returned NaN) is not a missing value: `nan_fields` names those per row, so the
+table shows them as `nan`. With a baseline, each run is also judged against it by `harness
+compare`'s rule (`judge_runs`): the report draws those verdicts and has no regression rule of its
+own. A run directory given twice (`RUN`, `RUN/`, a symlink) is read once (`unique_run_dirs`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from harness.results import RunDir, load_rows
+from harness.errors import ResultsError
+from harness.results import RunDir
 
 if TYPE_CHECKING:
     from harness.regress.compare import Comparison
@@ -32,6 +35,7 @@ COLUMNS: tuple[str, ...] = (
     "input_bytes", "model_peak_mem_bytes", "err_rel_l2", "err_max_abs",
     "err_naive_same_dtype_rel_l2", "memory_exponent", "uses_block_size",
 )  # fmt: skip
+NAN_FIELDS = "nan_fields"  # per row: the fields the row itself held as NaN (not missing ones)
 
 
 @dataclass
@@ -58,6 +62,8 @@ def normalize(frame: pd.DataFrame) -> pd.DataFrame:
     for col in COLUMNS:
         if col not in frame.columns:
             frame[col] = None
+    if NAN_FIELDS not in frame.columns:
+        frame[NAN_FIELDS] = pd.Series([()] * len(frame), index=frame.index, dtype=object)
     frame["status"] = frame["status"].fillna("error").astype(str)
     frame["reason"] = frame["reason"].fillna("").astype(str)
     frame["impl"] = frame["impl"].fillna("?").astype(str)
@@ -74,11 +80,49 @@ def normalize(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def _nan_fields(record: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(k for k, v in record.items() if isinstance(v, float) and v != v)
+
+
+def run_id_of(path: Path, meta: dict[str, Any]) -> str:
+    return str(meta.get("run_id") or Path(path).name)
+
+
+def unique_run_dirs(run_dirs: list[Path]) -> tuple[list[Path], list[str]]:
+    """Each run directory once, and a note per repeat dropped.
+
+    The same directory under another spelling (`RUN/`, `./RUN`, a symlink) is read once; two
+    directories holding the same run (a copy: one run_id) are refused, since their rows could
+    not be told apart.
+    """
+    kept: list[Path] = []
+    notes: list[str] = []
+    seen: dict[Path, Path] = {}
+    ids: dict[str, Path] = {}
+    for path in map(Path, run_dirs):
+        real = path.resolve()
+        if real in seen:
+            first = seen[real]
+            notes.append(f"{path} given more than once; read once" if str(path) == str(first)
+                         else f"{path} is the same directory as {first}; read once")  # fmt: skip
+            continue
+        run_id = run_id_of(path, RunDir.open(path).meta())
+        if run_id in ids:
+            raise ResultsError(f"{path} and {ids[run_id]} hold the same run {run_id!r} (a copy?); "
+                               "give one of them")  # fmt: skip
+        seen[real], ids[run_id] = path, path
+        kept.append(path)
+    return kept, notes
+
+
 def load_run(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     run = RunDir.open(path)
     meta = run.meta()
-    rows = normalize(load_rows(path))
-    rows["run_id"] = meta.get("run_id") or Path(path).name
+    records = run.rows()
+    rows = pd.DataFrame.from_records(records)
+    rows[NAN_FIELDS] = pd.Series([_nan_fields(r) for r in records], index=rows.index, dtype=object)
+    rows = normalize(rows)
+    rows["run_id"] = run_id_of(path, meta)
     rows = rows.drop_duplicates(["case", "impl", "phase"], keep="last").reset_index(drop=True)
     samples = pd.DataFrame.from_records(run.samples())
     if not samples.empty:
@@ -106,6 +150,7 @@ def judge_runs(baseline: Path, run_dirs: list[Path]) -> tuple[list[Comparison], 
 
 
 def load_report_data(run_dirs: list[Path], baseline: Path | None = None) -> ReportData:
+    run_dirs, _ = unique_run_dirs(run_dirs)
     loaded = [load_run(Path(p)) for p in run_dirs]
     rows = (
         pd.concat([r for r, _, _ in loaded], ignore_index=True)

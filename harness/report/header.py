@@ -1,13 +1,15 @@
-"""The provenance header: for each run, where and with what it ran, and its row counts by status."""
+"""The provenance header: for each run, where and with what it ran, its row counts by status and
+the fields that hold NaN or infinity (the table shows them; figures leave them out)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from harness.report.common import esc
-from harness.report.data import ReportData
+from harness.report.data import NAN_FIELDS, ReportData
 from harness.rows import STATUSES
 
 
@@ -15,6 +17,31 @@ def status_counts(rows: pd.DataFrame) -> dict[str, int]:
     counts = rows["status"].value_counts().to_dict() if not rows.empty else {}
     ordered = {s: int(counts.pop(s, 0)) for s in STATUSES}
     return ordered | {str(k): int(v) for k, v in counts.items()}
+
+
+def non_finite_fields(rows: pd.DataFrame) -> tuple[int, list[str]]:
+    """How many rows hold a NaN or an infinity, and in which fields (a missing value is neither)."""
+    bad = pd.Series(False, index=rows.index)
+    fields: set[str] = set()
+    if NAN_FIELDS in rows:
+        nans = rows[NAN_FIELDS].map(lambda f: tuple(f) if isinstance(f, (list, tuple)) else ())
+        bad |= nans.map(bool)
+        fields.update(f for fs in nans for f in fs)
+    for col in rows.select_dtypes(include="number").columns:
+        inf = np.isinf(rows[col].to_numpy(dtype=float))
+        if inf.any():
+            bad |= inf
+            fields.add(str(col))
+    return int(bad.sum()), sorted(fields)
+
+
+def _non_finite_html(rows: pd.DataFrame) -> str:
+    count, fields = non_finite_fields(rows)
+    if not count:
+        return ""
+    return (f'<div class="nonfinite" data-rows="{count}">{count} rows hold NaN or inf '
+            f"({esc(', '.join(fields))}): shown as nan / inf in the table, left out of the "
+            "figures</div>")  # fmt: skip
 
 
 def _commit(prov: dict[str, Any]) -> str:
@@ -52,7 +79,8 @@ def header_html(data: ReportData) -> str:
         facts = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in run_facts(meta))
         blocks.append(f'<div class="run"><h2>run <code>{esc(run_id)}</code></h2>'
                       f'<dl>{facts}</dl><div class="counts">{esc(len(rows))} rows: '
-                      f"{_counts_html(status_counts(rows))}</div></div>")  # fmt: skip
+                      f"{_counts_html(status_counts(rows))}</div>{_non_finite_html(rows)}"
+                      "</div>")  # fmt: skip
     if data.baseline_meta is not None:
         facts = "".join(
             f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in run_facts(data.baseline_meta)

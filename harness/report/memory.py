@@ -20,6 +20,7 @@ from harness.report.common import (
     esc,
     facet_titles,
     facet_values,
+    finite,
     floats,
     grouped,
     impl_colors,
@@ -83,7 +84,9 @@ def fail_y(line: dict[str, np.ndarray], seq_len: float) -> float | None:
 
 def memory_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
     sel = rows[(rows["world_size"] == 1) & rows["seq_len"].notna()]
-    sel = sel[((sel["status"] == "ok") & (sel[MEM] > 0)) | sel["status"].isin(FAILED)]
+    sel = sel[
+        ((sel["status"] == "ok") & finite(sel[MEM]) & (sel[MEM] > 0)) | sel["status"].isin(FAILED)
+    ]
     if not (sel["status"] == "ok").any():
         return None
     sel, slice_axes = with_lines_and_slices(sel.sort_values("seq_len", kind="stable"), PLOTTED)

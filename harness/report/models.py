@@ -13,6 +13,7 @@ when present, takes precedence over the guide.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -30,7 +31,7 @@ def memory_exponent(values: Iterable[Any]) -> int | None:
             k = float(value)
         except (TypeError, ValueError):
             continue
-        if k == k:  # not NaN
+        if math.isfinite(k):  # not NaN, not inf (int(inf) raises)
             return int(k)
     return None
 

@@ -3,11 +3,14 @@
 All data reach the page as JSON inside `<script type="application/json">`, with `</` and `<!`
 escaped so no string from results can close the script element; the table sets
 cells with textContent and plotly text was escaped by the figure builders. No network is needed.
+JSON has no NaN or infinity: figure builders leave such points out (or draw a gap), any a figure
+still holds becomes null here (`finite_json`), and the table shows them as the text `nan` / `inf`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -45,8 +48,26 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
+def finite_json(value: Any) -> Any:
+    """`value` with every NaN / infinity (also inside numpy arrays) as None: a gap in plotly."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    if hasattr(value, "item") or hasattr(value, "tolist"):
+        return finite_json(_jsonable(value))
+    return value
+
+
 def figure_json(fig: dict[str, Any]) -> str:
-    return json.dumps(fig, default=_jsonable, allow_nan=False, separators=(",", ":"))
+    """A figure as strict JSON; a NaN or infinity a builder left in becomes null (a gap)."""
+    try:
+        return json.dumps(fig, default=_jsonable, allow_nan=False, separators=(",", ":"))
+    except ValueError:  # "Out of range float values are not JSON compliant": rare, so walk then
+        return json.dumps(finite_json(fig), default=_jsonable, allow_nan=False,
+                          separators=(",", ":"))  # fmt: skip
 
 
 def default_traces(fig: dict[str, Any]) -> list[dict[str, Any]]:
@@ -116,6 +137,7 @@ main { max-width:1500px; margin:0 auto; padding:16px 28px 40px; }
   background:#eef0f3; font-size:12px; }
 .st-ok { background:#e3f4e6; } .st-oom,.st-error { background:#fbe4e4; }
 .st-timeout { background:#fdf0dc; } .st-skipped,.st-unsupported { background:#eceef2; }
+.nonfinite { margin-top:6px; color:#b26a00; font-size:12px; }
 .card { background:#fff; border:1px solid var(--line); border-radius:8px; padding:12px 16px;
   margin-bottom:16px; }
 .card h2 { font-size:16px; margin:0 0 2px; } .note { color:var(--muted); margin:0 0 6px; }
@@ -143,6 +165,9 @@ _JS = r"""
   const config = JSON.parse(document.getElementById('plotly-config').textContent);
   const table = JSON.parse(document.getElementById('table-data').textContent);
   const fmt = (v) => v === null || v === undefined ? '' : String(v);
+  // numeric cells that are not finite arrive as text; sort them as numbers, `nan` with the blanks
+  const NONFINITE = {'inf': Infinity, '-inf': -Infinity, 'nan': null};
+  const number = (v) => typeof v === 'string' && v in NONFINITE ? NONFINITE[v] : v;
   const tbody = document.querySelector('#rows tbody');
   const headRow = document.querySelector('#rows thead tr');
   const statusCol = table.columns.indexOf('status');
@@ -187,14 +212,14 @@ _JS = r"""
       h.classList.remove('sorted-asc', 'sorted-desc');
     }
     th.classList.add(desc ? 'sorted-desc' : 'sorted-asc');
-    const key = (i) => table.rows[i][c];
     const num = table.numeric[c];
+    const key = (i) => num ? number(table.rows[i][c]) : table.rows[i][c];
     order.sort((a, b) => {
       const x = key(a), y = key(b);
       if (x === null && y === null) return a - b;
       if (x === null) return 1;
       if (y === null) return -1;
-      const r = num ? x - y : String(x).localeCompare(String(y));
+      const r = num ? (x === y ? 0 : x < y ? -1 : 1) : String(x).localeCompare(String(y));
       return (desc ? -r : r) || a - b;
     });
     draw();

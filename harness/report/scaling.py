@@ -2,6 +2,7 @@
 
 Efficiency is strong scaling against the smallest P of the same line: t(P0)·P0 / (t(P)·P), 1.0 is
 perfect. Per-rank memory is the largest entry of `peak_mem_bytes_per_rank` when the row has it.
+Rows whose time is NaN or infinite are left out (the table shows them); other such values are gaps.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from harness.report.common import (
+    finite,
     metric_panels,
     slice_options,
     with_lines_and_slices,
@@ -22,14 +24,16 @@ PANELS = (("time_ms_median", "time (ms)"), ("rank_mem_bytes", "peak memory per r
 
 
 def _max_rank(value: Any) -> float:
+    """The largest finite per-rank peak (NaN when the row has none)."""
     if isinstance(value, (list, tuple)) and value:
-        return float(max(value))
+        ranks = [float(v) for v, ok in zip(value, finite(value), strict=True) if ok]
+        return max(ranks) if ranks else float("nan")
     return float("nan")
 
 
 def scaling_rows(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Ok rows of every line that reaches world_size > 1, with per-rank memory and efficiency."""
-    ok = rows[(rows["status"] == "ok") & rows["time_ms_median"].notna()]
+    ok = rows[(rows["status"] == "ok") & finite(rows["time_ms_median"])]
     if ok.empty or not (ok["world_size"] > 1).any():
         return ok.iloc[0:0], []
     ok, slice_axes = with_lines_and_slices(ok, ("world_size",), line_axes=("seq_len",))

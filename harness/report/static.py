@@ -17,13 +17,22 @@ from harness.report.sections import Section
 FORMATS = ("png", "svg")
 
 
-def export_static(sections: list[Section], out_dir: Path, fmt: str) -> list[Path]:
+def require_static(fmt: str) -> None:
+    """Raise a one-line HarnessError unless `fmt` is known and kaleido imports: called before the
+    report writes anything, so a missing package never leaves a half-done report behind."""
     if fmt not in FORMATS:
         raise HarnessError(f"--static: unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
     try:
         import kaleido  # noqa: F401
-    except ImportError as exc:
-        raise HarnessError("--static needs kaleido: pip install '.[static]'") from exc
+    except ImportError:
+        raise HarnessError(
+            f"--static {fmt} needs the kaleido package, which is not installed: "
+            "pip install '.[static]' (or: pip install 'kaleido>=1.0')"
+        ) from None
+
+
+def export_static(sections: list[Section], out_dir: Path, fmt: str) -> list[Path]:
+    require_static(fmt)
     chromium = shutil.which("chromium")
     if chromium and "BROWSER_PATH" not in os.environ:
         os.environ["BROWSER_PATH"] = chromium

@@ -1,6 +1,9 @@
 """The table of every row: compact JSON that the page turns into a sortable, filterable table.
 
 Cells are set with `textContent` in the browser, so a reason like `<script>` is shown as text.
+A value that is not finite is shown as such: `nan` (a NaN the row held; a missing value is a blank
+cell) and `inf` / `-inf`, as strings, since JSON has no such numbers; the page sorts them as
+numbers (`nan` last, like a blank).
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from typing import Any
 
 import pandas as pd
 
+from harness.report.data import NAN_FIELDS
+
 TABLE_COLUMNS = (
     "case", "impl", "phase", "status", "reason", "seq_len", "dtype", "causal", "block_size",
     "world_size", "time_ms_median", "tflops", "tokens_per_s", "peak_mem_bytes", "err_rel_l2",
@@ -18,22 +23,38 @@ NUMERIC = {"seq_len", "block_size", "world_size", "time_ms_median", "tflops", "t
            "peak_mem_bytes", "err_rel_l2"}  # fmt: skip
 
 
+def non_finite(value: float) -> str:
+    """NaN and infinities as the page shows them: "nan", "inf", "-inf"."""
+    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
 def _cell(value: Any) -> Any:
+    if hasattr(value, "item") and not isinstance(value, (list, tuple, str)):
+        value = value.item()  # numpy scalars
+    if isinstance(value, float):
+        if math.isinf(value):
+            return non_finite(value)
+        return None if math.isnan(value) else float(f"{value:.4g}")
     if value is None or (not isinstance(value, (list, tuple, str)) and pd.isna(value)):
         return None
-    if isinstance(value, float):
-        return None if math.isnan(value) else float(f"{value:.4g}")
-    if hasattr(value, "item"):
-        return _cell(value.item())
     if isinstance(value, (bool, int, str)):
         return value
     return str(value)
 
 
 def table_payload(rows: pd.DataFrame) -> dict[str, Any]:
-    """{"columns": [...], "numeric": [...], "rows": [[...], ...]} in run, case order."""
+    """{"columns": [...], "numeric": [...], "rows": [[...], ...]} in run, case order.
+
+    A NaN is `nan` where the row held it (`NAN_FIELDS`) and blank where the row lacks the field.
+    """
     columns = [c for c in TABLE_COLUMNS if c in rows]
     if rows["run_id"].nunique() > 1:
         columns = ["run_id", *columns]
-    records = [[_cell(v) for v in rec] for rec in rows[columns].itertuples(index=False)]
+    nan_fields = rows[NAN_FIELDS] if NAN_FIELDS in rows else pd.Series([()] * len(rows))
+    records = []
+    for rec, nans in zip(rows[columns].itertuples(index=False), nan_fields, strict=True):
+        cells = [_cell(v) for v in rec]
+        for i in (i for i, c in enumerate(columns) if nans and c in nans):
+            cells[i] = "nan"
+        records.append(cells)
     return {"columns": columns, "numeric": [c in NUMERIC for c in columns], "rows": records}

@@ -3,7 +3,8 @@ faceted by dtype × causal, with p20–p80 bands; the phase, the metric and any 
 varies are selectors above the figure.
 
 Throughput is inversely proportional to time, so the band of a point is its value scaled by
-median/p80 (slow end) and median/p20 (fast end).
+median/p80 (slow end) and median/p20 (fast end). A NaN or infinite time or throughput is no point
+(the table shows it); a band is drawn only where every edge is finite.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from harness.report.common import (
     case_text,
     facet_titles,
     facet_values,
+    finite,
     floats,
     grouped,
     impl_colors,
@@ -37,7 +39,7 @@ KEYS = ["phase", "dtype", "causal", "slice", "series"]
 
 def single_device_ok(rows: pd.DataFrame) -> pd.DataFrame:
     sel = rows[(rows["status"] == "ok") & (rows["world_size"] == 1)]
-    return sel[sel["seq_len"].notna() & sel["time_ms_median"].notna()]
+    return sel[finite(sel["seq_len"]) & finite(sel["time_ms_median"])]
 
 
 def _title(label: str) -> str:
@@ -64,13 +66,13 @@ def throughput_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
         c = col_of[(dtype, causal)]
         style = styles[name]
         for metric, label in METRICS.items():
-            has = ~pd.isna(g[metric])
+            has = finite(g[metric])
             if not has.any():
                 continue
             controls = {"phase": phase, "metric": metric, "slice": slice_}
             xs = g["seq_len"][has].tolist()
             lo, hi = g[f"lo_{metric}"][has], g[f"hi_{metric}"][has]
-            if not (pd.isna(lo).any() or pd.isna(hi).any()):
+            if finite(lo).all() and finite(hi).all():
                 spec.add({
                     "x": xs + xs[::-1], "y": floats(hi) + floats(lo)[::-1], "fill": "toself",
                     "fillcolor": style["color"], "opacity": 0.15, "line": {"width": 0},
