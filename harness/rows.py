@@ -128,3 +128,33 @@ def upgrade(record: dict[str, Any]) -> dict[str, Any]:
             out["seq_layout"] = out.pop("layout")
         out["schema_version"] = SCHEMA_VERSION
     return out
+
+
+def validate_row(record: Any) -> list[str]:
+    """Why `record` is not a readable row (empty when it is): a JSON object of a readable schema
+    version whose identity (case, impl, phase) are non-empty strings and whose status is one of
+    STATUSES. Readers skip such a record with these reasons (harness/results.py)."""
+    if not isinstance(record, dict):
+        return [f"a JSON {_json_kind(record)}, not a row object"]
+    problems = []
+    version = record.get("schema_version")
+    if type(version) is not int or version not in READABLE_VERSIONS:
+        what = "no schema_version" if version is None else f"schema_version {version!r}"
+        problems.append(f"{what}; this harness reads {', '.join(map(str, READABLE_VERSIONS))}")
+    for field in ("case", "impl", "phase"):
+        value = record.get(field)
+        if field not in record:
+            problems.append(f"no {field}")
+        elif not isinstance(value, str) or not value:
+            problems.append(f"{field} {value!r} is not a name")
+    status = record.get("status")
+    if "status" not in record:
+        problems.append("no status")
+    elif not isinstance(status, str) or status not in STATUSES:
+        problems.append(f"status {status!r} is not one of {', '.join(STATUSES)}")
+    return problems
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return kinds.get(type(value), "number")

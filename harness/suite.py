@@ -1,65 +1,138 @@
 """Suite files (YAML): validated with pydantic on load, expanded into deterministic cases.
 
 Every user mistake becomes one `SuiteError` line that names the file, the key, the bad value and the
-allowed values; nothing is written before a suite has validated.
+allowed values (or the limit); nothing is written before a suite has validated. The file is read
+with bounded work (`harness.yaml_safe`: size, alias expansion, nesting, duplicate keys), and every
+number is bounded here, so that no value validates only to fail every row of the run:
+
+- sizes (seq_len, batch, num_heads, head_dim, block_size, hidden, ffn_expansion, accuracy.*):
+  1 .. 2**31 - 1; world_size: 1 .. 1024 (every rank is a process on this machine)
+- threads: 1 .. 4096, a fixed bound rather than the CPU count, so that a suite validates alike on
+  every machine (a --dry-run on a laptop checks a suite meant for a 192-core server)
+- seed: 0 .. 2**63 - 1 (torch.manual_seed's range)
+- case_timeout_s, max_time_s: above 0, at most 7 days; every float finite (no .inf, .nan)
+- memory_budget_gb: 1 MiB .. 1 PiB (2**-10 .. 2**20 GiB); below 1 MiB it rounds to nothing
+- cases × implementations × phases: at most limits.max_tasks (100,000; raise it up to 10**7)
+- axis values and implementations: each listed once (a repeat would duplicate rows)
+- profiles: at most 32
+
+Every profile is validated with the suite, not only the one asked for, so a broken GPU profile is
+found on the laptop.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import math
+import reprlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from harness.case import Case, DType, Phase, SeqLayout, WorkloadName
 from harness.errors import SuiteError, UnknownImplementation
+from harness.yaml_safe import YamlInputError, one_line, read_yaml
+
+MAX_SIZE = 2**31 - 1
+MAX_WORLD_SIZE = 1024
+MAX_THREADS = 4096
+MAX_SEED = 2**63 - 1
+MAX_SECONDS = 7 * 24 * 3600.0
+MIN_BUDGET_GB, MAX_BUDGET_GB = 2.0**-10, 2.0**20  # 1 MiB, 1 PiB
+MAX_TASKS, MAX_TASKS_CEILING = 100_000, 10_000_000
+MAX_REPEATS = 1_000_000
+MAX_PROFILES = 32
+
+Size = Annotated[int, Field(gt=0, le=MAX_SIZE)]
+WorldSize = Annotated[int, Field(gt=0, le=MAX_WORLD_SIZE)]
+Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
+Repeats = Annotated[int, Field(gt=0, le=MAX_REPEATS)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _each_once(values: list[Any]) -> list[Any]:
+    seen: set[Any] = set()  # axis values are ints, strings, bools or None: all hashable
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{value!r} is listed twice; list each value once")
+        seen.add(value)
+    return values
 
 
 class Sweep(_Strict):
     """The axes; cases are their Cartesian product (phase is a row axis, not a case axis)."""
 
-    seq_len: list[PositiveInt] = Field(default=[1024], min_length=1)
-    batch: list[PositiveInt] = Field(default=[1], min_length=1)
-    num_heads: list[PositiveInt] = Field(default=[8], min_length=1)
-    head_dim: list[PositiveInt] = Field(default=[64], min_length=1)
-    block_size: list[PositiveInt | None] = Field(default=[None], min_length=1)
+    seq_len: list[Size] = Field(default=[1024], min_length=1)
+    batch: list[Size] = Field(default=[1], min_length=1)
+    num_heads: list[Size] = Field(default=[8], min_length=1)
+    head_dim: list[Size] = Field(default=[64], min_length=1)
+    block_size: list[Size | None] = Field(default=[None], min_length=1)
     dtype: list[DType] = Field(default=["float32"], min_length=1)
     causal: list[bool] = Field(default=[False], min_length=1)
-    world_size: list[PositiveInt] = Field(default=[1], min_length=1)
+    world_size: list[WorldSize] = Field(default=[1], min_length=1)
     seq_layout: list[SeqLayout] = Field(default=["contiguous"], min_length=1)
-    hidden: list[PositiveInt | None] = Field(default=[None], min_length=1)
-    ffn_expansion: list[PositiveInt] = Field(default=[4], min_length=1)
+    hidden: list[Size | None] = Field(default=[None], min_length=1)
+    ffn_expansion: list[Size] = Field(default=[4], min_length=1)
     phase: list[Phase] = Field(default=["fwd"], min_length=1)
+
+    @field_validator("*")
+    @classmethod
+    def _values_once(cls, values: list[Any]) -> list[Any]:
+        return _each_once(values)
+
+    def num_cases(self) -> int:
+        """The size of the Cartesian product of the case axes (phase aside), before duplicates
+        (layouts at world_size 1) collapse: computed without expanding anything."""
+        axes = (self.batch, self.seq_len, self.num_heads, self.head_dim, self.hidden,
+                self.ffn_expansion, self.dtype, self.causal, self.block_size, self.world_size,
+                self.seq_layout)  # fmt: skip
+        return math.prod(len(axis) for axis in axes)
 
 
 class Timing(_Strict):
     """Warm-up calls, then timed calls until `repeats` or the `max_time_s` budget is reached."""
 
-    warmup: int = Field(default=1, ge=0)
-    repeats: PositiveInt = 5
-    min_repeats: PositiveInt = 3
-    max_time_s: float = Field(default=10.0, gt=0)
+    warmup: int = Field(default=1, ge=0, le=MAX_REPEATS)
+    repeats: Repeats = 5
+    min_repeats: Repeats = 3
+    max_time_s: Seconds = 10.0
 
 
 class Limits(_Strict):
-    case_timeout_s: float = Field(default=300.0, gt=0)
+    case_timeout_s: Seconds = 300.0
     memory_budget_gb: float | None = Field(default=None, gt=0)
-    max_seq_len: dict[str, PositiveInt] = Field(default_factory=dict)
+    max_seq_len: dict[str, Size] = Field(default_factory=dict)
+    max_tasks: int = Field(default=MAX_TASKS, gt=0, le=MAX_TASKS_CEILING)
+
+    @field_validator("memory_budget_gb")
+    @classmethod
+    def _budget_in_range(cls, value: float | None) -> float | None:
+        # Below 1 MiB the budget rounds to a few bytes (1e-12 GiB: 0, which reads as "none").
+        if value is not None and not MIN_BUDGET_GB <= value <= MAX_BUDGET_GB:
+            raise ValueError(f"must be between {MIN_BUDGET_GB} (1 MiB) and {MAX_BUDGET_GB:.0f} "
+                             "(1 PiB) GiB")  # fmt: skip
+        return value
 
 
 class Accuracy(_Strict):
     """How the float64 reference is computed: rows beyond `ref_max_rows` are sampled."""
 
-    ref_max_rows: PositiveInt = 1024
-    ref_chunk_rows: PositiveInt = 256
-    grad_ref_max_seq: PositiveInt = 2048
+    ref_max_rows: Size = 1024
+    ref_chunk_rows: Size = 256
+    grad_ref_max_seq: Size = 2048
 
 
 class CompareSettings(_Strict):
@@ -72,15 +145,15 @@ class CompareSettings(_Strict):
 
     time_tol: float = Field(default=0.10, ge=0)
     mem_tol: float = Field(default=0.02, ge=0)
-    mem_floor_bytes: int = Field(default=1 << 20, ge=0)  # CPU VmHWM peaks jitter by ~200 KiB
+    mem_floor_bytes: int = Field(default=1 << 20, ge=0, le=2**63 - 1)  # VmHWM jitters ~200 KiB
     err_factor: float = Field(default=2.0, ge=1)
     alpha: float = Field(default=0.05, gt=0, lt=1)
-    min_samples: PositiveInt = 5
+    min_samples: Repeats = 5
     normalize_to: str | None = None
 
 
 class Suite(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=100)  # part of a folder name
     description: str = ""
     workload: WorkloadName = "attention"
     implementations: list[str] = Field(min_length=1)
@@ -88,11 +161,17 @@ class Suite(_Strict):
     timing: Timing = Timing()
     limits: Limits = Limits()
     accuracy: Accuracy = Accuracy()
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: PositiveInt | None = None
-    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    threads: int | None = Field(default=None, gt=0, le=MAX_THREADS)
+    # each profile is validated as a whole suite: their number bounds the work of a load
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict, max_length=MAX_PROFILES)
     compare: CompareSettings = CompareSettings()
+
+    @field_validator("implementations")
+    @classmethod
+    def _implementations_once(cls, values: list[str]) -> list[str]:
+        return _each_once(values)
 
     @model_validator(mode="after")
     def _timing_consistent(self) -> Suite:
@@ -100,6 +179,19 @@ class Suite(_Strict):
             raise ValueError(
                 f"timing.min_repeats ({self.timing.min_repeats}) must be <= "
                 f"timing.repeats ({self.timing.repeats})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _tasks_within_limit(self) -> Suite:
+        cases, impls, phases = (self.sweep.num_cases(), len(self.implementations),
+                                len(self.sweep.phase))  # fmt: skip
+        limit = self.limits.max_tasks
+        if cases * impls * phases > limit:
+            raise ValueError(
+                f"the sweep is {cases:,} cases × {impls} implementation(s) × {phases} phase(s) = "
+                f"{cases * impls * phases:,} tasks, above limits.max_tasks ({limit:,}); shrink "
+                f"the sweep or raise limits.max_tasks (at most {MAX_TASKS_CEILING:,})"
             )
         return self
 
@@ -122,6 +214,27 @@ class Suite(_Strict):
             seen.setdefault(case.name, case)
         return list(seen.values())
 
+    def select(self, impls: Iterable[str] | None = None,
+               case_filter: str | None = None) -> tuple[list[Case], list[str]]:  # fmt: skip
+        """The cases and implementations that `--filter` and `--impl` keep (all by default)."""
+        chosen = list(impls) if impls else list(self.implementations)
+        for i, name in enumerate(chosen):
+            if name not in self.implementations:
+                raise _error(f"--impl: {name!r} is not in the suite; allowed: "
+                             f"{', '.join(self.implementations)}")  # fmt: skip
+            if name in chosen[:i]:
+                raise _error(f"--impl: {name!r} is given twice; give each implementation once")
+        cases = self.cases()
+        if case_filter:
+            kept = [case for case in cases if case_filter in case.name]
+            if not kept:
+                names = [case.name for case in cases]
+                more = f" (and {len(names) - 5:,} more)" if len(names) > 5 else ""
+                raise _error(f"no case matches --filter {case_filter!r}; cases are: "
+                             f"{', '.join(names[:5])}{more}")  # fmt: skip
+            cases = kept
+        return cases, chosen
+
 
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
     """The allowed keys of the (sub)model found at `loc`, for 'unknown key' messages."""
@@ -139,8 +252,25 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None
     return list(model.model_fields)
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong, _REPR.maxlevel = 60, 60, 40, 3
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxset = _REPR.maxdict = 6
+
+
+def _short(value: Any) -> str:
+    """`value`'s repr in at most 100 characters (a bad value can be a 50,000-item list)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _error(message: str) -> SuiteError:
+    """A SuiteError whose message is one line, whatever the file held (keys with line breaks)."""
+    return SuiteError(one_line(message))
+
+
 def _one_line(err: ValidationError, model: type[BaseModel], where: str) -> str:
-    first = err.errors()[0]
+    errors = err.errors()
+    first = errors[0]
     loc = tuple(first["loc"])
     key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
     if first["type"] == "extra_forbidden":
@@ -149,9 +279,12 @@ def _one_line(err: ValidationError, model: type[BaseModel], where: str) -> str:
     if first["type"] == "missing":
         return f"{where}: missing required key {key!r}"
     msg = first["msg"].removeprefix("Value error, ")
-    value = first.get("input")
-    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{where}: {key or 'suite'}: {msg}; got {value!r}{more}"
+    if first["type"] == "int_parsing_size":  # a float beyond int64: no bound was even reached
+        msg = "too large for an integer (every integer key is at most 2**63 - 1)"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    if not loc:  # a rule across keys: the message names them; the input is the whole suite
+        return f"{where}: {msg}{more}"
+    return f"{where}: {key}: {msg}; got {_short(first.get('input'))}{more}"
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -164,31 +297,39 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _model(data: dict[str, Any], where: str) -> Suite:
+    try:
+        return Suite.model_validate(data)
+    except ValidationError as err:
+        raise _error(_one_line(err, Suite, where)) from None
+
+
+def _validate(data: Any, where: str, profile: str | None) -> Suite:
+    """The suite (with `profile` applied) after its schema and limits; every profile is checked."""
+    if not isinstance(data, dict):
+        raise _error(f"{where}: a suite must be a mapping of keys; got {type(data).__name__}")
+    base = _model(data, where)
+    if profile is not None and profile not in base.profiles:
+        allowed = ", ".join(base.profiles) or "(none defined)"
+        raise _error(f"{where}: unknown profile {profile!r}; allowed: {allowed}")
+    chosen = base
+    for name, over in base.profiles.items():
+        merged = _deep_merge({k: v for k, v in data.items() if k != "profiles"}, over)
+        suite = _model(merged, f"{where} (profile {name})")
+        if name == profile:
+            chosen = suite
+    return chosen
+
+
 def parse_suite(data: Any, *, where: str = "suite", profile: str | None = None) -> Suite:
     """Validate a suite mapping (already parsed YAML), applying `profile` if named."""
-    if not isinstance(data, dict):
-        raise SuiteError(f"{where}: a suite must be a mapping of keys; got {type(data).__name__}")
-    try:
-        base = Suite.model_validate(data)
-    except ValidationError as err:
-        raise SuiteError(_one_line(err, Suite, where)) from None
-    if profile is None:
-        suite = base
-    else:
-        if profile not in base.profiles:
-            allowed = ", ".join(base.profiles) or "(none defined)"
-            raise SuiteError(f"{where}: unknown profile {profile!r}; allowed: {allowed}")
-        merged = _deep_merge({k: v for k, v in data.items() if k != "profiles"},
-                             base.profiles[profile])  # fmt: skip
-        try:
-            suite = Suite.model_validate(merged)
-        except ValidationError as err:
-            raise SuiteError(_one_line(err, Suite, f"{where} (profile {profile})")) from None
-    _check_implementations(suite, where)
+    suite = _validate(data, one_line(where), profile)
+    check_suite(suite, one_line(where))
     return suite
 
 
-def _check_implementations(suite: Suite, where: str) -> None:
+def check_suite(suite: Suite, where: str) -> None:
+    """The checks that need the registry (which imports the implementations, and torch)."""
     from harness.registry import REGISTRY
 
     known = REGISTRY.names(suite.workload)
@@ -196,46 +337,53 @@ def _check_implementations(suite: Suite, where: str) -> None:
         try:
             impl = REGISTRY.get(name)
         except UnknownImplementation:
-            raise SuiteError(
+            raise _error(
                 f"{where}: implementations[{i}]: unknown implementation {name!r}; "
                 f"allowed for workload {suite.workload!r}: {', '.join(known)}"
             ) from None
         if impl.workload != suite.workload:
-            raise SuiteError(
+            raise _error(
                 f"{where}: implementations[{i}]: {name!r} serves workload {impl.workload!r}, "
                 f"not {suite.workload!r}; allowed: {', '.join(known)}"
             )
     for name in suite.limits.max_seq_len:
         if name not in suite.implementations:
-            raise SuiteError(
+            raise _error(
                 f"{where}: limits.max_seq_len: {name!r} is not in implementations; "
                 f"allowed: {', '.join(suite.implementations)}"
             )
     ref = suite.compare.normalize_to
     if ref is not None and ref not in suite.implementations:
-        raise SuiteError(
+        raise _error(
             f"{where}: compare.normalize_to: {ref!r} is not in implementations; "
             f"allowed: {', '.join(suite.implementations)}"
         )
     if suite.workload == "layer" and None in suite.sweep.hidden:
-        raise SuiteError(f"{where}: sweep.hidden: the layer workload needs hidden sizes; got null")
+        raise _error(f"{where}: sweep.hidden: the layer workload needs hidden sizes; got null")
     if suite.workload == "layer":
         for hidden, heads in itertools.product(suite.sweep.hidden, suite.sweep.num_heads):
             if hidden % heads:
-                raise SuiteError(
+                raise _error(
                     f"{where}: sweep.hidden: {hidden} is not divisible by num_heads {heads}"
                 )
 
 
+def read_suite(path: str | Path, *, profile: str | None = None) -> Suite:
+    """Read and validate a suite file up to the registry (imports no torch): `load_suite` less
+    `check_suite`, so a bad file, --impl or --filter is refused in a blink."""
+    path = Path(path)
+    where = one_line(str(path))
+    if not path.is_file():
+        raise _error(f"suite file not found: {where}")
+    try:
+        data = read_yaml(path)
+    except YamlInputError as exc:
+        raise _error(f"{where}: {exc}") from None
+    return _validate(data, where, profile)
+
+
 def load_suite(path: str | Path, *, profile: str | None = None) -> Suite:
     """Read and validate a suite file; every failure is one SuiteError line."""
-    path = Path(path)
-    if not path.is_file():
-        raise SuiteError(f"suite file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SuiteError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
-    return parse_suite(data, where=str(path), profile=profile)
+    suite = read_suite(path, profile=profile)
+    check_suite(suite, one_line(str(path)))
+    return suite

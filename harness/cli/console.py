@@ -9,6 +9,7 @@ So nothing from results is ever given to rich as markup: cells are `Text`, lines
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -47,6 +48,39 @@ def fail(message: str, code: int = 2) -> NoReturn:
     """One line on stderr, then exit (2: a user error)."""
     err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message as one line (its first; "" when it has none). An OSError reads
+    `[Errno 2] No such file or directory: 'x/y.json'`; a `results.WriteError`
+    `cannot write x/y.json: [Errno 28] No space left on device`."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def save_traceback(exc: BaseException) -> str:
+    """Write the traceback of `exc` (with the version and the command line) to a new file under
+    the system temp folder and return its path; when even that fails (a full disk), the traceback
+    goes to stderr and the return value says so."""
+    import tempfile
+    import traceback
+
+    from harness import __version__
+
+    text = (f"harness {__version__}\nargv: {sys.argv!r}\n\n"
+            + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))  # fmt: skip
+    path = None
+    try:
+        fd, path = tempfile.mkstemp(prefix="harness-internal-error-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+    except OSError as write_exc:
+        if path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        sys.stderr.write(text)
+        return f"stderr above (it could not be saved: {one_line(write_exc)})"
 
 
 def check_choice(flag: str, value: str, allowed: Sequence[str]) -> None:

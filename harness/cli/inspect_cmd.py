@@ -11,6 +11,7 @@ from rich.text import Text
 from harness.cli.app import app
 from harness.cli.console import FORMATS, check_choice, fail, out, say, write_records
 from harness.errors import HarnessError
+from harness.results import check_output_paths
 
 LIST_COLUMNS = ("name", "label", "workload", "layout", "distributed", "status", "reason")
 
@@ -59,13 +60,22 @@ def report(
     static: str = typer.Option(None, "--static", help="also export every figure: png or svg"),
     history: Path = typer.Option(None, "--history", help="add the history of runs under this"),
 ) -> None:
-    """A self-contained, offline HTML report of one or more runs (plotly.js inside the file)."""
-    from harness.report import write_report
-    from harness.report.static import FORMATS as STATIC_FORMATS
+    """A self-contained, offline HTML report of one or more runs (plotly.js inside the file).
 
-    if static is not None and static not in STATIC_FORMATS:
-        fail(f"--static: unknown format {static!r}; valid: {', '.join(STATIC_FORMATS)}")
+    A run directory given twice (`RUN`, `RUN/`, a symlink) is read once; two copies of one run
+    are refused. `--static` is checked (kaleido installed) before anything is written.
+    """
+    from harness.report import write_report
+    from harness.report.data import unique_run_dirs
+    from harness.report.static import require_static
+
     try:
+        check_output_paths({"-o": out_path})
+        if static is not None:
+            require_static(static)
+        run_dirs, repeats = unique_run_dirs(run_dirs)
+        for note in repeats:
+            say(f"note: {note}")
         target = write_report(run_dirs, out_path, baseline=baseline, static=static,
                               history_root=history)  # fmt: skip
     except HarnessError as exc:
@@ -117,6 +127,7 @@ def table_cmd(
     from harness.results import load_rows
 
     try:
+        check_output_paths({"-o": out_path})
         text = pivot_markdown(load_rows(run_dir), metric or ["tflops", "peak", "err"])
     except HarnessError as exc:
         fail(str(exc))

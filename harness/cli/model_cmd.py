@@ -7,8 +7,29 @@ from pathlib import Path
 import typer
 
 from harness.cli.app import model_app
-from harness.cli.console import fail, out
+from harness.cli.console import check_choice, fail, out
 from harness.errors import HarnessError
+from harness.results import check_output_paths
+
+# Past these the model means nothing (no ring has 65536 devices, no context 2**40 tokens).
+MAX_P = 65536
+MAX_SEQ_LEN = 2**40
+
+
+def _check_range(flag: str, value: int | None, low: int, high: int) -> None:
+    """Exit 2 with one line when an integer option is outside low..high."""
+    if value is not None and not low <= value <= high:
+        fail(f"{flag}: {value} is out of range; allowed: an integer from {low} to {high}")
+
+
+def _check_output(flag: str, path: Path | None) -> None:
+    """Exit 2 before any work when an output file could not be created where asked."""
+    if path is None:
+        return
+    if path.is_dir():
+        fail(f"{flag}: {path} is a directory; allowed: a file path")
+    if not path.parent.is_dir():
+        fail(f"{flag}: the folder {path.parent} does not exist; create it first")
 
 
 @model_app.command("ring")
@@ -17,7 +38,7 @@ def model_ring(
     model: str = typer.Option("7b", "--model", help="model size for memory: 3b, 7b, 13b"),
     phase: str = typer.Option("fwd_bwd", "--phase", help="fwd or fwd_bwd"),
     causal: bool = typer.Option(False, "--causal/--full", help="causal mask (zigzag layout)"),
-    max_p: int = typer.Option(4096, "--max-p", min=1, help="largest device count"),
+    max_p: int = typer.Option(4096, "--max-p", help=f"largest device count (1..{MAX_P})"),
     seq_len: int = typer.Option(None, "--seq-len", help="time this length (default: max context)"),
     calibrate: Path = typer.Option(None, "--calibrate", help="a ring run dir to validate against"),
     json_path: Path = typer.Option(None, "--json", help="write the tables here as JSON"),
@@ -25,9 +46,16 @@ def model_ring(
     fit_slots: bool = typer.Option(False, "--fit-slots", help="fit concurrent compute on P = 2"),
 ) -> None:
     """Ring Attention's per-step time, overlap, memory and max context for P = 1..max-p."""
+    from harness.model.ring_calibration import STATS
+
+    _check_range("--max-p", max_p, 1, MAX_P)
+    _check_range("--seq-len", seq_len, 1, MAX_SEQ_LEN)
+    check_choice("--stat", stat, STATS)
+    _check_output("--json", json_path)
     from harness.cli.ring_tables import model_ring_command
 
     try:
+        check_output_paths({"--json": json_path})
         model_ring_command(out, profile=profile, model=model, phase=phase, causal=causal,
                            max_p=max_p, seq_len=seq_len, calibrate=calibrate,
                            json_path=json_path, stat=stat, fit_slots=fit_slots)  # fmt: skip

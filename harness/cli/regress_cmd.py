@@ -10,6 +10,7 @@ from rich.table import Table
 from harness.cli.app import app, baseline_app, export_app
 from harness.cli.console import fail, fmt, out, say
 from harness.errors import HarnessError
+from harness.results import check_output_paths
 
 
 @app.command("compare")
@@ -36,6 +37,7 @@ def compare_cmd(
     from harness.regress.render import markdown, table
 
     try:
+        check_output_paths({"--json": json_path, "--markdown": md_path})
         result = compare_paths(baseline, candidate, time_tol=time_tol, mem_tol=mem_tol,
                                err_factor=err_factor, alpha=alpha, min_samples=min_samples,
                                normalize_to=normalize_to)  # fmt: skip
@@ -78,6 +80,7 @@ def history_cmd(
     except ValidationError as exc:  # a bad flag is a user error; anything else below is a bug
         fail(f"--time-tol: {exc.errors()[0]['msg']} (got {time_tol})")
     try:
+        check_output_paths({"--csv": csv_path, "--html": html_path})
         frame = hist.load_history(root, suite=suite)
         if normalize_to:
             frame = hist.normalize(frame, normalize_to)
@@ -111,13 +114,22 @@ def baseline_promote(
     root: Path = typer.Option(Path("results/baselines"), "--root", help="baselines folder"),
     force: bool = typer.Option(False, "--force", help="replace a baseline / allow failed rows"),
 ) -> None:
-    """Copy a run's data files to results/baselines/<device>/<suite>[-<profile>]."""
-    from harness.regress.baseline import promote
+    """Copy a run's data files to results/baselines/<device>/<suite>[-<profile>].
+
+    Refuses (exit 2) a run with failed rows or an unfinished one (rows its suite asks for are
+    missing) unless --force; a forced baseline records it in its baseline.json.
+    """
+    from harness.regress.baseline import describe, promote
 
     try:
         target = promote(run_dir, root, force=force)
     except HarnessError as exc:
         fail(str(exc))
+    facts = describe(target)
+    if facts.get("num_missing_rows") or facts.get("failed_rows"):
+        say(f"note: forced: {facts.get('num_missing_rows', 0)} of {facts.get('num_expected_rows')} "
+            f"rows missing, {len(facts.get('failed_rows') or [])} failed (recorded in "
+            f"{target / 'baseline.json'})")  # fmt: skip
     say(str(target), to_err=False)
 
 
@@ -144,6 +156,7 @@ def export_pytest_benchmark(
     from harness.regress.pytest_benchmark import export
 
     try:
+        check_output_paths({"-o": output})
         count = export(run_dir, output)
     except HarnessError as exc:
         fail(str(exc))

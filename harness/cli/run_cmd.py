@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 
@@ -16,6 +19,8 @@ from harness.rows import FAILED
 
 FAIL_ON_DEFAULT = "error,timeout"
 FAIL_ON_HELP = "exit 1 if rows end with these statuses: oom, error, timeout (comma list) or none"
+FORCE_HELP = ("with --resume: resume even a run made with another suite, profile, device, torch "
+              "or commit (recorded in its run.json)")  # fmt: skip
 
 
 def parse_fail_on(value: str) -> tuple[str, ...]:
@@ -40,18 +45,26 @@ def _progress_printer(total_cases: int) -> Any:
     if err.is_terminal:
         return _progress_bar(total_cases)
     started = time.perf_counter()
+    line_open = [False]  # a task's line waits for its status
 
     def progress(i: int, n: int, task: Any, row: dict[str, Any] | None) -> None:
         elapsed = time.perf_counter() - started
         if row is None:
             err.print(f"[{i + 1}/{n}] {elapsed:7.1f}s  {task.case.name}  {task.impl}  {task.phase}",
                       highlight=False, markup=False, end="")  # fmt: skip
+            line_open[0] = True
             return
         status = row.get("status")
         extra = (f"{row['time_ms_median']:.2f} ms" if status == "ok"
                  else (row.get("reason") or "")[:80])  # fmt: skip
         err.print(f"  -> {status} {extra}", highlight=False, markup=False)
+        line_open[0] = False
 
+    def stop() -> None:  # interrupted: end the task's line
+        if line_open[0]:
+            err.print(highlight=False, markup=False)
+
+    progress.stop = stop  # type: ignore[attr-defined]
     return progress
 
 
@@ -71,6 +84,7 @@ def _progress_bar(total: int) -> Any:
         if row is not None and i == n:
             bar.stop()
 
+    progress.stop = bar.stop  # type: ignore[attr-defined]
     return progress
 
 
@@ -83,6 +97,8 @@ def run(
     profile: str = typer.Option(None, "--profile", help="a profile of the suite (e.g. gpu)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the tasks, run nothing"),
     resume: Path = typer.Option(None, "--resume", help="finish the missing rows of this run"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    ctx: typer.Context = None,  # type: ignore[assignment]  # given by typer: the lock's lifetime
     report: bool = typer.Option(True, "--report/--no-report", help="write report.html at the end"),
     fail_on: str = typer.Option(FAIL_ON_DEFAULT, "--fail-on", help=FAIL_ON_HELP),
 ) -> None:
@@ -92,42 +108,66 @@ def run(
     kernel must fail CI, an OOM at a long length is a result), after writing the run and report.
     """
     fail_statuses = parse_fail_on(fail_on)
-    from harness import provenance
+    from harness.suite import check_suite, read_suite
+
+    try:  # the file, --impl and --filter first: refused in a blink, before torch is imported
+        suite = read_suite(suite_path, profile=profile)
+        suite.select(impl or None, filter_)
+    except HarnessError as exc:
+        fail(str(exc))
     from harness.results import RunDir
+    from harness.run.interrupt import Interrupted, stop_on_signals
     from harness.run.sweep import default_run_dir, plan, resolve_device, run_tasks
-    from harness.suite import load_suite
 
     try:
-        suite = load_suite(suite_path, profile=profile)
+        check_suite(suite, str(suite_path))  # the implementations: imports the registry, torch
         # A dry run only plans, so a CUDA profile can be checked on a machine without a GPU.
         device = "cuda" if dry_run and suite.device == "cuda" else resolve_device(suite.device)
         tasks = plan(suite, device, impls=impl or None, case_filter=filter_)
+        if resume is not None or not dry_run:
+            meta = {"run_id": None, "suite_name": suite.name, "suite_path": str(suite_path),
+                    "profile": profile, "argv": sys.argv,
+                    "provenance": _provenance(device, suite.seed)}  # fmt: skip
+            cases = [c.to_dict() | {"name": c.name} for c in suite.cases()]
+            expanded = {"suite": suite.model_dump(mode="json"), "cases": cases}
+        if resume is not None:  # locked; refused if made with another suite etc., unless --force
+            run_dir = RunDir.resume(resume, meta, expanded, force=force, write=not dry_run)
+            if dry_run:
+                done = run_dir.done_keys()
+                tasks = [task for task in tasks if task.key not in done]
         if dry_run:
             for task in tasks:
                 say(f"{task.case.name}  {task.impl}  {task.phase}", to_err=False)
-            cases = len({task.case.name for task in tasks})
-            say(f"{len(tasks)} tasks, {cases} cases, device {device}", to_err=False)
+            num_cases = len({task.case.name for task in tasks})
+            where = f" missing from {resume} ({len(done)} rows there)" if resume else ""
+            say(f"{len(tasks)} tasks{where}, {num_cases} cases, device {device}", to_err=False)
             return
-        if resume is not None:
-            run_dir = RunDir.open(resume)
-            if run_dir.meta().get("suite_name") != suite.name:
-                fail(f"--resume: {resume} is a run of suite {run_dir.meta().get('suite_name')!r},"
-                      f" not {suite.name!r}")  # fmt: skip
-        else:
+        if resume is None:
             run_id, path = default_run_dir(out_root, suite.name)
-            meta = {"run_id": run_id, "suite_name": suite.name, "suite_path": str(suite_path),
-                    "profile": profile, "argv": sys.argv,
-                    "provenance": provenance.collect(device, suite.seed)}  # fmt: skip
-            cases = [c.to_dict() | {"name": c.name} for c in suite.cases()]
-            expanded = {"suite": suite.model_dump(mode="json"), "cases": cases}
-            run_dir = RunDir.create(path, meta, expanded)
+            run_dir = RunDir.create(path, meta | {"run_id": run_id}, expanded)
+        if ctx is not None:  # the lock goes when the command ends, however it ends
+            ctx.call_on_close(run_dir.unlock)
     except HarnessError as exc:
         fail(str(exc))
     say(f"run directory: {run_dir.path}")
+    progress = _progress_printer(len(tasks))
     try:
-        rows = run_tasks(suite, tasks, run_dir, progress=_progress_printer(len(tasks)))
+        with stop_on_signals():  # SIGINT, SIGTERM, SIGHUP: every worker killed at once
+            rows = run_tasks(suite, tasks, run_dir, progress=progress)
     except HarnessError as exc:
         fail(str(exc), code=1)
+    except Interrupted as stop:
+        progress.stop()
+        again = ["harness", "run", str(suite_path), "--resume", str(run_dir.path)]
+        again += ["--profile", profile] if profile else []
+        again += [arg for name in impl or [] for arg in ("--impl", name)]
+        again += ["--filter", filter_] if filter_ else []
+        again += [] if report else ["--no-report"]
+        with suppress(OSError):  # after SIGHUP the terminal may be gone
+            done = run_dir.done_keys()
+            say(f"stopped by {stop.name}: {sum(t.key in done for t in tasks)} of {len(tasks)} "
+                f"rows written; to finish the run: {shlex.join(again)}")  # fmt: skip
+        _exit_now(stop.exit_code)
     counts: dict[str, int] = {}
     for row in run_dir.rows():
         counts[row["status"]] = counts.get(row["status"], 0) + 1
@@ -141,6 +181,26 @@ def run(
         say(f"failed rows: {what} (--fail-on {','.join(fail_statuses)}; `--fail-on none` "
             f"exits 0); see: harness show {run_dir.path}")  # fmt: skip
         raise typer.Exit(1)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Exit without tearing the interpreter down: after a stop signal the rows are on disk
+    (fsync) and every worker is reaped, while a teardown with torch loaded takes about a CPU
+    second, with the signals' default actions back (another Ctrl-C would end it by signal)."""
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
+def _provenance(device: str, seed: int) -> dict[str, Any]:
+    import torch
+
+    from harness import provenance
+
+    if device == "cuda" and not torch.cuda.is_available():  # a dry run planning for a GPU
+        return {"device": device}
+    return provenance.collect(device, seed)
 
 
 def _maybe_report(path: Path) -> None:

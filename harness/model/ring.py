@@ -30,14 +30,16 @@ The longest context is then linear in P at fixed per-device memory, less the sha
 
 from __future__ import annotations
 
+import functools
 import math
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
 
 from harness.errors import HarnessError
+from harness.yaml_safe import YamlInputError, one_line, read_yaml
 
 Phase = Literal["fwd", "fwd_bwd"]
 PHASE_COMPUTE = {"fwd": 1.0, "bwd": 2.5}  # ANCHORS: backward = 2.5 × forward
@@ -131,16 +133,23 @@ MODELS: dict[str, dict[str, Any]] = {
 
 
 def load_profile(name_or_file: str) -> DeviceProfile:
-    """A built-in profile by exact name, or a YAML file holding one profile's fields."""
+    """A built-in profile by exact name, or a YAML file holding one profile's fields (read with
+    bounded work by `harness.yaml_safe`: an alias bomb or a binary file is one line too)."""
     if name_or_file in PROFILES:
         return PROFILES[name_or_file]
     path = Path(name_or_file)
     if path.suffix in (".yaml", ".yml", ".json") and path.is_file():
+        where = one_line(str(path))
         try:
-            return DeviceProfile.model_validate(yaml.safe_load(path.read_text()))
-        except Exception as exc:  # pydantic or YAML: one line for the user
-            first = str(exc).splitlines()
-            raise ModelError(f"{path}: not a device profile: {' '.join(first[:3])}") from None
+            return DeviceProfile.model_validate(read_yaml(path))
+        except YamlInputError as exc:
+            raise ModelError(f"{where}: {exc}") from None
+        except ValidationError as exc:  # the first problem: its key, message and value
+            first = exc.errors()[0]
+            key = ".".join(str(part) for part in first["loc"]) or "profile"
+            got = reprlib.repr(first.get("input"))
+            raise ModelError(one_line(f"{where}: not a device profile: {key}: {first['msg']}; "
+                                      f"got {got}")) from None  # fmt: skip
     raise ModelError(f"unknown device profile {name_or_file!r}; allowed: "
                      f"{', '.join(PROFILES)} or a .yaml file")  # fmt: skip
 
@@ -159,26 +168,44 @@ class BlockTimes(_Strict):
 
 
 def _step_pairs(w: Workload, world: int, n: int) -> list[tuple[int, int]]:
-    """Per ring step, the slowest rank's (full-masked pairs, causal-diagonal pairs).
+    """Per ring step, the slowest rank's (full-masked pairs, causal-diagonal pairs)."""
+    return list(_slowest_per_step(w.seq_layout, w.causal, world, n))
 
-    The schedule is the ring implementation's own (`Impl.distributed.schedule`), from the registry.
-    """
+
+def rank_pairs(seq_layout: str, causal: bool, world: int, n: int, rank: int,
+               step: int) -> tuple[int, int]:  # fmt: skip
+    """(full, causal-diagonal) pairs `rank` computes at ring `step`, by the ring implementation's
+    own schedule (`Impl.distributed.schedule`, from the registry)."""
     from harness.registry import REGISTRY
 
     plan = REGISTRY.get("ring").distributed.schedule
+    pieces = plan(seq_layout, rank=rank, source=(rank - step) % world, world_size=world,
+                  local_len=n, causal=causal)  # fmt: skip
+    full = sum(p.pairs(n) for p in pieces if p.mask == "full")
+    return full, sum(p.pairs(n) for p in pieces if p.mask != "full")
 
+
+@functools.lru_cache(maxsize=1024)
+def _slowest_per_step(seq_layout: str, causal: bool, world: int,
+                      n: int) -> tuple[tuple[int, int], ...]:  # fmt: skip
+    """The slowest rank's pairs at each step, in O(P) schedule calls instead of O(P²).
+
+    At step s rank r holds the K/V block of rank (r - s) mod P: at s = 0 its own, at s >= 1 a
+    later rank's for r < s and an earlier rank's for r >= s. Every layout's work depends on the
+    pair (rank, source) only through that order (and on the local length), so a step has at most
+    two kinds of rank, and ranks 0 and s stand for them: the ones a scan of every rank in order,
+    keeping the first strictly larger, would pick. tests/unit/test_ring_model.py holds this
+    equal to that scan for every layout, mask and P <= 16.
+    """
     steps = []
     for step in range(world):
         worst = (0, 0)
-        for rank in range(world):
-            pieces = plan(w.seq_layout, rank=rank, source=(rank - step) % world, world_size=world,
-                          local_len=n, causal=w.causal)  # fmt: skip
-            full = sum(p.pairs(n) for p in pieces if p.mask == "full")
-            diag = sum(p.pairs(n) for p in pieces if p.mask != "full")
-            if full + diag > sum(worst):
-                worst = (full, diag)
+        for rank in (0,) if step == 0 else (0, step):
+            pairs = rank_pairs(seq_layout, causal, world, n, rank, step)
+            if sum(pairs) > sum(worst):
+                worst = pairs
         steps.append(worst)
-    return steps
+    return tuple(steps)
 
 
 def _slowdown(profile: DeviceProfile, world: int) -> float:

@@ -19,7 +19,8 @@ from typing import Any
 
 from harness.errors import ResultsError
 from harness.regress.compare import Side, judge
-from harness.results import RunDir
+from harness.results import RUN, RunDir, warn
+from harness.rows import row_key
 from harness.suite import CompareSettings
 
 SERIES = ["suite_name", "profile", "device_name", "case", "impl", "phase"]
@@ -33,29 +34,38 @@ def find_runs(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise ResultsError(f"results folder not found: {root}")
-    return sorted(p.parent for p in root.rglob("run.json"))
+    return sorted(p.parent for p in root.rglob(RUN))
 
 
 def load_history(root: str | Path, *, suite: str | None = None):
-    """One long frame: a row per (run, case, impl, phase) with the run's time, commit, device."""
+    """One long frame: a row per (run, case, impl, phase) with the run's time, commit, device.
+
+    A run that cannot be read (a broken run.json, another schema version, a rows.jsonl that is a
+    link or a folder) is skipped with a warning naming it; bad lines of a run are skipped with a
+    warning each (`results.warn`); the other runs are still read. A row given twice in one run
+    counts once (the later one, as compare reads it).
+    """
     import pandas as pd
 
     records: list[dict[str, Any]] = []
     for path in find_runs(root):
         try:
             run = RunDir.open(path)
-        except ResultsError:
-            continue  # another schema version or a torn run: not part of this history
-        meta = run.meta()
-        if suite is not None and meta.get("suite_name") != suite:
+            meta = run.meta()
+            if suite is not None and meta.get("suite_name") != suite:
+                continue
+            samples, rows = run.samples(), run.rows()
+        except ResultsError as exc:
+            warn(f"{exc}; run {path} skipped")
             continue
-        prov = meta.get("provenance") or {}
-        times = {(s["case"], s["impl"], s["phase"]): list(s["time_ms"]) for s in run.samples()}
+        prov = meta.get("provenance")
+        prov = prov if isinstance(prov, dict) else {}
+        times = {(s["case"], s["impl"], s["phase"]): list(s["time_ms"]) for s in samples}
         head = {"run_id": meta.get("run_id") or path.name, "run_path": str(path),
                 "utc_time": prov.get("utc_time"), "git_commit": prov.get("git_commit"),
                 "suite_name": meta.get("suite_name"), "profile": meta.get("profile") or "",
                 "device_name": prov.get("device_name") or ""}  # fmt: skip
-        for row in run.rows():
+        for row in {row_key(r): r for r in rows}.values():
             rec = dict(head, case=row["case"], impl=row["impl"], phase=row["phase"])
             rec.update({c: row.get(c) for c in _COLUMNS})
             # every error metric (gradients too) and the naive yardsticks: the judge gates on them

@@ -10,6 +10,7 @@ sample is the slowest rank's, peak memory is the largest rank's (each rank's is 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -185,14 +186,22 @@ def measure(task: Task, group: Group | None = None) -> dict[str, Any]:
     """
     impl = REGISTRY.get(task.impl)
     case, device = task.case, task.device
+    lead = group is None or group.rank == 0
+    facts = {"label": impl.label, "memory_exponent": getattr(impl, "memory_exponent", None),
+             "uses_block_size": getattr(impl, "uses_block_size", None)}  # fmt: skip
+    budget, budget_source = budget_for(task)
+    # S×S would exist and only the default guard stands between it and the machine: refuse what
+    # cannot fit before making a single input. A suite's own budget is held to the measured peak.
+    if facts["memory_exponent"] == 2 and task.memory_budget_bytes is None:
+        too_big = preflight_reason(task, budget, budget_source)
+        # on P ranks rank 0's verdict holds everywhere (each rank reads its own free memory)
+        if group is not None and group.decide(too_big is not None) and not lead:
+            return {}
+        if too_big is not None:
+            return {"status": "oom", "reason": too_big, **facts, "mem_budget_bytes": budget}
     state = _case_state(task)
     bound, inputs, dout = _bind(task, impl, state, group)
-    lead = group is None or group.rank == 0
-    row: dict[str, Any] = {
-        "status": "ok", "reason": "", "label": impl.label, "input_bytes": inputs.nbytes,
-        "memory_exponent": getattr(impl, "memory_exponent", None),
-        "uses_block_size": getattr(impl, "uses_block_size", None),
-    }  # fmt: skip
+    row: dict[str, Any] = {"status": "ok", "reason": "", "input_bytes": inputs.nbytes, **facts}
     if task.phase != "fwd":
         row["grad_bytes"] = grad_bytes(bound)
 
@@ -247,11 +256,11 @@ def measure(task: Task, group: Group | None = None) -> dict[str, Any]:
             "peak_mem_bytes": None if peak is None else peak + inputs.nbytes,
             "mem_method": mem.method, "cuda_reserved_bytes": mem.cuda_reserved_bytes,
             "device_used_bytes": mem.device_used_bytes,
-            "mem_budget_bytes": task.memory_budget_bytes,
+            "mem_budget_bytes": budget,
         })  # fmt: skip
         if group is not None:
             row["peak_mem_above_inputs_bytes_per_rank"] = peaks
-        over = _over_budget(row, task.memory_budget_bytes)
+        over = _over_budget(row, budget, budget_source)
         if over:
             row.update(status="oom", reason=over)
             return row
@@ -266,10 +275,74 @@ def measure(task: Task, group: Group | None = None) -> dict[str, Any]:
     return row
 
 
-def _over_budget(row: dict[str, Any], budget: int | None) -> str | None:
+def _over_budget(row: dict[str, Any], budget: int | None, source: str) -> str | None:
     """The reason a measured peak breaks the memory budget, or None."""
     peak = row.get("peak_mem_bytes")
     if budget is None or peak is None or peak <= budget:
         return None
     return (f"peak memory {peak / 2**20:.1f} MiB (inputs included) is above the memory budget "
-            f"{budget / 2**20:.1f} MiB (limits.memory_budget_gb)")  # fmt: skip
+            f"{budget / 2**20:.1f} MiB ({source})")  # fmt: skip
+
+
+# --- the memory guard -------------------------------------------------------------------------
+# Without limits.memory_budget_gb a case that materialises S×S could take the machine down (naive
+# at S = 16384, H = 8 grew past 8.7 GB before failing). So a default guard applies: this fraction
+# of the memory free when the process starts (CPU: MemAvailable; CUDA: the device's free memory).
+DEFAULT_GUARD_FRACTION = 0.8
+SUITE_BUDGET = "limits.memory_budget_gb"
+DEFAULT_GUARD = (f"default guard: {DEFAULT_GUARD_FRACTION} of the memory free at the worker's "
+                 f"start; the suite sets no {SUITE_BUDGET}")  # fmt: skip
+
+
+def _mem_available_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo, or None where there is none."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _device_free_bytes() -> int | None:
+    free, _total = torch.cuda.mem_get_info()
+    return int(free)
+
+
+@functools.cache
+def default_guard_bytes(device: str) -> int | None:
+    """The budget when a suite sets none, read once per process (so a worker's backstop, its
+    rows and its pre-flight checks agree); None where free memory cannot be read."""
+    free = _device_free_bytes() if device == "cuda" else _mem_available_bytes()
+    return None if free is None else int(DEFAULT_GUARD_FRACTION * free)
+
+
+def budget_for(task: Task) -> tuple[int | None, str]:
+    """The task's memory budget in bytes and where it comes from (the suite or the guard)."""
+    if task.memory_budget_bytes is not None:
+        return task.memory_budget_bytes, SUITE_BUDGET
+    return default_guard_bytes(task.device), DEFAULT_GUARD
+
+
+def sxs_estimate_bytes(task: Task) -> int:
+    """Bytes of the S×S scores a kernel that materialises them holds: batch·heads·Sq·Sk·element,
+    once for a forward, ~3 times with a backward (scores, probabilities and their gradient)."""
+    case = task.case
+    element = torch.empty((), dtype=case.torch_dtype).element_size()
+    copies = 1 if task.phase == "fwd" else 3
+    return case.batch * case.num_heads * case.seq_len * case.seq_len * element * copies
+
+
+def preflight_reason(task: Task, budget: int | None, source: str) -> str | None:
+    """Why a task of an S×S implementation (`memory_exponent == 2`) is `oom` without running it:
+    its S×S estimate alone is above the budget (`measure` asks under the default guard only).
+    None when it may run."""
+    estimate = sxs_estimate_bytes(task)
+    if budget is None or estimate <= budget:
+        return None
+    case = task.case
+    return (f"pre-flight estimate: S×S scores {case.batch}·{case.num_heads}·{case.seq_len}²"
+            f" {case.dtype} ({task.phase}) = {estimate / 2**20:.1f} MiB is above the memory "
+            f"budget {budget / 2**20:.1f} MiB ({source}); not run")  # fmt: skip

@@ -3,6 +3,9 @@
 The worker lives across tasks (importing torch costs seconds) and is replaced whenever a task
 kills it (segfault, abort) or outlives the case timeout, so the sweep always goes on. The worker
 calls setsid, so killing its process group also ends any rank processes it started.
+
+Every live worker of every pool is known here, so a signal handler can end them all at once
+(`kill_all_workers`); a worker also dies by itself when the runner does (run/lifeline.py).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import signal
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 from typing import Any
 
 from harness.errors import HarnessError
@@ -20,6 +24,21 @@ from harness.run.task import Task
 from harness.run.worker import base_row, worker_main
 
 _START_TIMEOUT_S = 180.0
+# A terminal's Ctrl-C goes to the runner's process group, which a new worker is in until its
+# worker_main calls setsid; blocked from before the fork, it cannot raise KeyboardInterrupt (and
+# print a traceback) in the worker while it imports torch. CPython starts its resource tracker
+# the same way (bpo-33613).
+_STARTUP_BLOCKED = {signal.SIGINT}
+_LIVE: set[int] = set()  # pids of the workers started and not yet reaped, of every pool
+
+
+def kill_all_workers() -> None:
+    """SIGKILL every live worker with its process group (its rank processes); reaps nothing, so
+    it is safe in a signal handler (the pools reap in `close`)."""
+    for pid in list(_LIVE):
+        _kill_group(pid)
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # before its setsid, the worker leads no group yet
 
 
 @contextmanager
@@ -56,28 +75,38 @@ class WorkerPool:
 
     def _start(self) -> _Worker:
         parent, child = self._ctx.Pipe()
+        resource_tracker.ensure_running()  # started now, it cannot unblock the mask below
         with _worker_env(MALLOC_ENV if self.tight_malloc else TIMING_MALLOC_ENV):
             proc = self._ctx.Process(
                 target=worker_main, args=(child, self.device, self.memory_budget_bytes,
                                           self.threads), daemon=False,  # ranks are children
             )  # fmt: skip
-            proc.start()
+            old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STARTUP_BLOCKED)
+            try:
+                proc.start()
+                _LIVE.add(proc.pid)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         child.close()
+        worker = _Worker(proc, parent)
         try:
             if not parent.poll(_START_TIMEOUT_S):
                 raise EOFError
             parent.recv()
-        except (EOFError, OSError):
-            proc.kill()
-            proc.join(timeout=5)
+        except BaseException as exc:  # it failed, or a stop signal came while it started
+            _end(worker)
+            if not isinstance(exc, (EOFError, OSError)):
+                raise
             raise HarnessError(
                 f"the worker process failed to start (exit code {proc.exitcode}); "
                 "run a task in the foreground to see why"
             ) from None
-        return _Worker(proc, parent)
+        return worker
 
     def run(self, task: Task, timeout_s: float) -> dict[str, Any]:
-        if self._worker is None or not self._worker.process.is_alive():
+        if self._worker is not None and not self._worker.process.is_alive():
+            self._kill()  # died between tasks: reaped, and forgotten by kill_all_workers
+        if self._worker is None:
             self._worker = self._start()
         worker = self._worker
         worker.conn.send(task)
@@ -99,26 +128,32 @@ class WorkerPool:
             how = (f"signal {signal.Signals(-code).name}" if code is not None and code < 0
                    else f"exit code {code}")  # fmt: skip
             row.update(status="error", reason=f"worker process died ({how})")
-            _kill_group(worker.process.pid)  # rank processes it may have left behind
-            self._worker = None
+            self._kill()  # and the rank processes it may have left behind
         return row
 
     def _kill(self) -> None:
         if self._worker is not None:
-            _kill_group(self._worker.process.pid)
-            self._worker.process.kill()
-            self._worker.process.join(timeout=5)
-            self._worker.conn.close()
+            _end(self._worker)
             self._worker = None
 
-    def close(self) -> None:
-        if self._worker is not None and self._worker.process.is_alive():
+    def close(self, *, now: bool = False) -> None:
+        """Stop the worker: asked to exit between tasks, or (`now`, or busy) killed at once."""
+        if not now and self._worker is not None and self._worker.process.is_alive():
             try:
                 self._worker.conn.send(None)
                 self._worker.process.join(timeout=5)
             except (BrokenPipeError, OSError):
                 pass
         self._kill()
+
+
+def _end(worker: _Worker) -> None:
+    """Kill a worker with its process group, reap it, and forget it."""
+    _kill_group(worker.process.pid)
+    worker.process.kill()
+    worker.process.join(timeout=5)
+    worker.conn.close()
+    _LIVE.discard(worker.process.pid)
 
 
 def _kill_group(pid: int | None) -> None:

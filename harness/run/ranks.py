@@ -7,13 +7,15 @@ implementation: sharding, gathering and exchange observation come from `Impl.dis
 
 A rank that raises reports its status; a rank that dies ends the case as `error` (the worker kills
 the others); a rank that hangs is ended by the runner's case timeout, which kills the worker's
-whole process group. HARNESS_TEST_RANK_FAULT="die:R" or "hang:R" makes rank R fail (tests only).
+whole process group. A rank dies with its worker (run/lifeline.py), and sends its row through a
+pipe, not a multiprocessing Queue: a Queue's semaphore, left registered by a killed worker, would
+make the resource tracker warn after the runner exits. HARNESS_TEST_RANK_FAULT="die:R" or
+"hang:R" makes rank R fail (tests only).
 """
 
 from __future__ import annotations
 
 import os
-import queue
 import socket
 import time
 from datetime import timedelta
@@ -23,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from harness.errors import Unavailable
+from harness.run.lifeline import die_with_parent
 from harness.run.measure_task import measure
 from harness.run.task import Task, classify
 
@@ -67,6 +70,7 @@ def _free_port() -> int:
 def run_ranks(task: Task) -> dict[str, Any]:
     """Start the ranks of `task`, wait for rank 0's row; kill them all if one dies."""
     import multiprocessing as mp
+    from multiprocessing.connection import wait
 
     world = task.case.world_size
     if task.device == "cuda" and world > torch.cuda.device_count():
@@ -74,23 +78,30 @@ def run_ranks(task: Task) -> dict[str, Any]:
                                      f"{torch.cuda.device_count()} visible")  # fmt: skip
     # fork starts a rank in milliseconds; CUDA cannot be forked once initialized
     ctx = mp.get_context("spawn" if task.device == "cuda" else "fork")
-    results = ctx.Queue()
+    pipes = [ctx.Pipe(duplex=False) for _ in range(world)]
     port = _free_port()
-    procs = [ctx.Process(target=_rank_main, args=(r, world, port, task, results))
+    procs = [ctx.Process(target=_rank_main, args=(r, world, port, task, pipes[r][1]))
              for r in range(world)]  # fmt: skip
     for p in procs:
         p.start()
+    readers = []
+    for reader, writer in pipes:
+        writer.close()  # the worker only reads; a rank that exits silently shows as EOF
+        readers.append(reader)
     try:
         while True:
-            try:
-                return results.get(timeout=0.2)
-            except queue.Empty:
-                pass
+            for reader in wait(readers, timeout=0.2):
+                try:
+                    return reader.recv()
+                except EOFError:  # exited without a message; its exit code tells
+                    readers.remove(reader)
             for r, p in enumerate(procs):
                 if p.exitcode not in (None, 0):
                     reason = f"rank {r} of {world} died (exit code {p.exitcode}); others killed"
                     return {"status": "error", "reason": reason}
     finally:
+        for reader, _ in pipes:
+            reader.close()
         for p in procs:
             p.join(timeout=2.0)
             if p.is_alive():
@@ -99,6 +110,7 @@ def run_ranks(task: Task) -> dict[str, Any]:
 
 
 def _rank_main(rank: int, world: int, port: int, task: Task, results: Any) -> None:
+    die_with_parent()  # never outlive the worker, whatever killed it
     fault = os.environ.get(FAULT_ENV, "")
     if fault == f"die:{rank}":
         os._exit(3)
@@ -114,9 +126,10 @@ def _rank_main(rank: int, world: int, port: int, task: Task, results: Any) -> No
             time.sleep(3600)
         row = measure(task, RankGroup(rank, world, task.device))
         if rank == 0:
-            results.put(row)
+            results.send(row)
     except Exception as exc:
         status, reason = classify(exc)
-        results.put({"status": status, "reason": f"rank {rank}: {reason}"})
+        results.send({"status": status, "reason": f"rank {rank}: {reason}"})
     finally:
+        results.close()
         dist.destroy_process_group()

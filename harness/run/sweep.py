@@ -23,6 +23,7 @@ import torch
 from harness.errors import SuiteError
 from harness.results import RunDir
 from harness.rows import MEMORY_FIELDS
+from harness.run.interrupt import signals_held
 from harness.run.pool import WorkerPool
 from harness.run.task import Task
 from harness.suite import Suite
@@ -39,18 +40,16 @@ def resolve_device(requested: str) -> str:
 
 def plan(suite: Suite, device: str, *, impls: Iterable[str] | None = None,
          case_filter: str | None = None) -> list[Task]:  # fmt: skip
-    """Every (case, implementation, phase) task of the suite, in a deterministic order."""
-    chosen = list(impls) if impls else list(suite.implementations)
-    for name in chosen:
-        if name not in suite.implementations:
-            raise SuiteError(f"--impl: {name!r} is not in the suite; allowed: "
-                             f"{', '.join(suite.implementations)}")  # fmt: skip
+    """Every (case, implementation, phase) task of the suite, in a deterministic order.
+
+    An --impl outside the suite or given twice, or a --filter that matches no case, is a
+    SuiteError (`Suite.select`): an empty or doubled plan is a mistake, not a run.
+    """
+    cases, chosen = suite.select(impls, case_filter)
     timing, accuracy = suite.timing.model_dump(), suite.accuracy.model_dump()
     budget = budget_bytes(suite)
     tasks = []
-    for case in suite.cases():
-        if case_filter and case_filter not in case.name:
-            continue
+    for case in cases:
         for impl in chosen:
             limit = suite.limits.max_seq_len.get(impl)
             skip = (f"seq_len {case.seq_len} is above the suite's limit {limit} for {impl}"
@@ -67,7 +66,11 @@ ProgressFn = Callable[[int, int, Task, dict[str, Any] | None], None]
 
 def run_tasks(suite: Suite, tasks: list[Task], run: RunDir, *,
               progress: ProgressFn | None = None) -> list[dict[str, Any]]:  # fmt: skip
-    """Run the tasks not yet in `run` (so the same call resumes a killed run)."""
+    """Run the tasks not yet in `run` (so the same call resumes a killed run).
+
+    Anything raised through here (KeyboardInterrupt, the CLI's signal handling) kills both pools'
+    workers and their rank processes at once rather than waiting for the task in flight.
+    """
     run.repair()
     done = run.done_keys()
     todo = [t for t in tasks if t.key not in done]
@@ -78,6 +81,7 @@ def run_tasks(suite: Suite, tasks: list[Task], run: RunDir, *,
     time_pool = WorkerPool(**settings, tight_malloc=False) if device == "cpu" else None
     run_id = run.meta().get("run_id")
     rows = []
+    stopped = True
     try:
         for i, task in enumerate(todo):
             if progress:
@@ -90,19 +94,27 @@ def run_tasks(suite: Suite, tasks: list[Task], run: RunDir, *,
                 row = _two_passes(task, time_pool, memory_pool, timeout)
             row.setdefault("elapsed_s", time.perf_counter() - started)
             row["run_id"] = run_id
-            run.append(row)
+            with signals_held():  # a row and its samples whole, even under a signal
+                run.append(row)
             rows.append(row)
             if progress:
                 progress(i + 1, len(todo), task, row)
+        stopped = False
     finally:
-        memory_pool.close()
+        memory_pool.close(now=stopped)
         if time_pool is not None:
-            time_pool.close()
+            time_pool.close(now=stopped)
     return rows
 
 
 def budget_bytes(suite: Suite) -> int | None:
-    """The suite's memory budget in bytes (limits.memory_budget_gb, GiB), or None."""
+    """The suite's memory budget in bytes (limits.memory_budget_gb, GiB), or None.
+
+    None is not "unlimited": each worker then applies the default guard, a fraction of the memory
+    free when it starts (`measure_task.default_guard_bytes`), to its rows, its pre-flight checks
+    and its hard ceiling (`worker.apply_limits`). It is read in the worker, not here, so that the
+    runner never touches a CUDA device and each row records the exact budget it was held to.
+    """
     budget = suite.limits.memory_budget_gb
     return int(budget * (1 << 30)) if budget else None
 
@@ -127,11 +139,22 @@ def _two_passes(task: Task, time_pool: WorkerPool, memory_pool: WorkerPool,
 
 
 def default_run_dir(root: Path, suite_name: str) -> tuple[str, Path]:
+    """A new, empty run directory `root/<UTC time>-<suite>[-N]`, made here: mkdir is the claim,
+    so runs started together into one `--out` never pick the same folder (`RunDir.create` then
+    fills it)."""
+    from harness.errors import ResultsError
+
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     run_id = f"{stamp}-{suite_name}"
-    path = root / run_id
-    n = 1
-    while path.exists():
-        n += 1
-        path = root / f"{run_id}-{n}"
-    return path.name, path
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 10_000):
+            path = root / (run_id if n == 1 else f"{run_id}-{n}")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            return path.name, path
+    except OSError as exc:
+        raise ResultsError(f"--out: cannot make a run directory in {root}: {exc}") from None
+    raise ResultsError(f"--out: {root} holds 9999 runs named {run_id}[-N]; choose another --out")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import time
 import traceback
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 
 from harness.registry import REGISTRY
 from harness.rows import new_row
+from harness.run.lifeline import die_with_parent
 from harness.run.task import Task, check_runnable, classify
 
 
@@ -66,9 +68,15 @@ def apply_limits(device: str, memory_budget_bytes: int | None, threads: int | No
     caching allocator refuses allocations past the budget's share of the device; on CPU the address
     space is capped at what is mapped now + the budget + 1 GiB of slack (thread stacks and malloc
     arenas are reserved virtual memory, so the cap cannot be tighter without false OOMs).
+    Without a suite budget the ceiling is the default guard's (run/measure_task.py), read here
+    once for the process, so the backstop and the rows' budget are the same number.
     """
     if threads:
         torch.set_num_threads(threads)
+    if not memory_budget_bytes:
+        from harness.run.measure_task import default_guard_bytes
+
+        memory_budget_bytes = default_guard_bytes(device)
     if not memory_budget_bytes:
         return
     if device == "cuda":
@@ -83,13 +91,21 @@ def apply_limits(device: str, memory_budget_bytes: int | None, threads: int | No
 
 def worker_main(conn: Any, device: str, memory_budget_bytes: int | None,
                 threads: int | None) -> None:  # fmt: skip
-    """Process entry point: receive tasks, send rows, until told to stop (None)."""
+    """Process entry point: receive tasks, send rows, until told to stop (None) or orphaned."""
+    die_with_parent()  # a runner killed by SIGKILL takes its worker along (run/lifeline.py)
     os.setsid()  # its own process group: the runner can kill it with any rank processes it starts
+    # Out of the terminal's process group now: the SIGINT the pool blocked for the start is for
+    # the runner, which kills this group; ignoring it discards one that came during the start.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     apply_limits(device, memory_budget_bytes, threads)
     REGISTRY.all()  # load plugins once, before the first timed task
     conn.send(("ready", os.getpid()))
     while True:
-        task = conn.recv()
+        try:
+            task = conn.recv()
+        except EOFError:  # the runner is gone
+            break
         if task is None:
             break
         conn.send(("row", execute(task)))

@@ -212,3 +212,48 @@ def test_cli_bad_profile_is_one_line_and_exit_2() -> None:
     assert res.exit_code == 2
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "unknown device profile 'nope'" in lines[0]
+
+
+# --- the per-step slowest rank: O(P) schedule calls, equal to the scan of every rank ------------
+
+
+def _slowest_by_scanning_every_rank(w: Workload, world: int, n: int) -> list[tuple[int, int]]:
+    """The O(P²) reference: every rank at every step, keeping the first strictly larger."""
+    from harness.model.ring import rank_pairs
+
+    steps = []
+    for step in range(world):
+        worst = (0, 0)
+        for rank in range(world):
+            pairs = rank_pairs(w.seq_layout, w.causal, world, n, rank, step)
+            if sum(pairs) > sum(worst):
+                worst = pairs
+        steps.append(worst)
+    return steps
+
+
+@pytest.mark.parametrize("seq_layout", ["contiguous", "striped", "zigzag"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_the_fast_slowest_rank_equals_the_full_scan(seq_layout, causal) -> None:
+    from harness.model.ring import _step_pairs
+
+    w = ATTN.model_copy(update={"seq_layout": seq_layout, "causal": causal})
+    for world in range(1, 17):
+        for n in (1, 2, 7, 8, 64):  # odd local lengths split unevenly in zigzag and striped
+            assert _step_pairs(w, world, n) == _slowest_by_scanning_every_rank(w, world, n), \
+                (world, n)  # fmt: skip
+
+
+def test_the_default_table_calls_the_schedule_o_of_p_times(monkeypatch) -> None:
+    """`harness model ring` took 94 s at the default --max-p 4096 with a call per rank and step."""
+    from harness.model import ring
+
+    calls = []
+    real = ring.rank_pairs
+    monkeypatch.setattr(ring, "rank_pairs", lambda *a: calls.append(a) or real(*a))
+    ring._slowest_per_step.cache_clear()
+    w = Workload(causal=True)
+    rows = ring.table(PROFILES["a100-nvlink"], w, max_p=4096)
+    ring._slowest_per_step.cache_clear()
+    assert [r["world_size"] for r in rows][-1] == 4096
+    assert len(calls) <= 2 * sum(ring.world_sizes(4096))  # the scan made Σ P² = 22 million

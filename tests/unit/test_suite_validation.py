@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,42 @@ BAD = [
     ("layer-without-hidden", {"workload": "layer", "implementations": ["naive"]},
      ["naive", "workload"]),
     ("not-a-mapping", ["a", "list"], ["mapping"]),
+    # numbers that used to validate and then crash the run or fail every row (issue 12)
+    ("timeout-inf", {"limits": {"case_timeout_s": math.inf}}, ["limits.case_timeout_s", "finite",
+                                                               "inf"]),
+    ("timeout-1e300", {"limits": {"case_timeout_s": 1e300}}, ["limits.case_timeout_s", "604800",
+                                                              "1e+300"]),
+    ("max-time-nan", {"timing": {"max_time_s": math.nan}}, ["timing.max_time_s", "finite"]),
+    ("budget-inf", {"limits": {"memory_budget_gb": math.inf}}, ["limits.memory_budget_gb",
+                                                                "finite"]),
+    ("budget-1e300", {"limits": {"memory_budget_gb": 1e300}}, ["limits.memory_budget_gb", "1 PiB",
+                                                               "1e+300"]),
+    ("budget-1e-12", {"limits": {"memory_budget_gb": 1e-12}}, ["limits.memory_budget_gb", "1 MiB",
+                                                               "1e-12"]),
+    ("seed-1e23", {"seed": 1e23}, ["seed", "too large", "1e+23"]),
+    ("seed-10**23", {"seed": 10**23}, ["seed", "less than or equal to 9223372036854775807"]),
+    ("seed-negative", {"seed": -1}, ["seed", "greater than or equal to 0", "-1"]),
+    ("seed-fraction", {"seed": 1.5}, ["seed", "1.5"]),
+    ("threads-1e5", {"threads": 100000}, ["threads", "less than or equal to 4096", "100000"]),
+    ("threads-0", {"threads": 0}, ["threads", "greater than 0"]),
+    ("world-size-1e5", {"sweep": {"world_size": [100000]}}, ["sweep.world_size[0]", "1024"]),
+    ("seq-past-int32", {"sweep": {"seq_len": [2**63]}}, ["sweep.seq_len[0]", "2147483647"]),
+    ("compare-inf", {"compare": {"time_tol": math.inf}}, ["compare.time_tol", "finite"]),
+    ("long-name", {"name": "x" * 101}, ["name", "at most 100 characters"]),
+    # a repeated value would run the same row twice
+    ("phase-twice", {"sweep": {"phase": ["fwd", "fwd"]}}, ["sweep.phase", "'fwd' is listed twice",
+                                                           "['fwd', 'fwd']"]),
+    ("seq-twice", {"sweep": {"seq_len": [64, 64.0]}}, ["sweep.seq_len", "64 is listed twice"]),
+    ("block-null-twice", {"sweep": {"block_size": [None, None]}}, ["sweep.block_size",
+                                                                   "None is listed twice"]),
+    ("causal-twice", {"sweep": {"causal": [True, True]}}, ["sweep.causal", "True is listed"]),
+    ("impl-twice", {"implementations": ["naive", "naive"]}, ["implementations",
+                                                             "'naive' is listed twice"]),
+    # the task cap, checked on the axes' lengths before anything is expanded
+    ("over-max-tasks", {"sweep": {"seq_len": list(range(1, 1001)), "batch": list(range(1, 201))}},
+     ["200,000 cases", "200,000 tasks", "limits.max_tasks (100,000)"]),
+    ("max-tasks-past-ceiling", {"limits": {"max_tasks": 10**8}}, ["limits.max_tasks",
+                                                                  "10000000"]),
 ]  # fmt: skip
 
 
@@ -51,6 +88,19 @@ def test_bad_suite_gives_one_clear_line(change, words):
     assert "\n" not in message
     for word in words:
         assert word in message, f"{word!r} missing from: {message}"
+
+
+def test_a_huge_bad_value_is_shown_short():
+    with pytest.raises(SuiteError) as info:
+        parse_suite(tiny_suite(description=[list(range(10_000))] * 100), where="s.yaml")
+    assert str(info.value).startswith("s.yaml: description: Input should be a valid string; got")
+    assert len(str(info.value)) < 200
+
+
+def test_a_rule_across_keys_does_not_repeat_the_whole_suite():
+    with pytest.raises(SuiteError) as info:
+        parse_suite(tiny_suite(timing={"repeats": 2, "min_repeats": 5}), where="s.yaml")
+    assert str(info.value) == ("s.yaml: timing.min_repeats (5) must be <= timing.repeats (2)")
 
 
 def test_yaml_syntax_error_names_line(tmp_path):
