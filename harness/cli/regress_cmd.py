@@ -99,7 +99,8 @@ def history_cmd(
                                                "worse")))  # fmt: skip
     out.print(table)
     if csv_path is not None:  # the raw samples stay in the run directories
-        flagged.drop(columns=hist.SAMPLES, errors="ignore").to_csv(csv_path, index=False)
+        plain = flagged.drop(columns=[hist.SAMPLES, hist.NAN_FIELDS], errors="ignore")
+        plain.to_csv(csv_path, index=False)
     if html_path is not None:
         from harness.report.history_figure import history_figure
 

@@ -25,6 +25,7 @@ from harness.suite import CompareSettings
 
 SERIES = ["suite_name", "profile", "device_name", "case", "impl", "phase"]
 SAMPLES = "time_samples_ms"  # a night's raw time samples (a list per row), what the judge reads
+NAN_FIELDS = "nan_fields"  # fields a night's row holds as NaN (the frame's NaN also means absent)
 _COLUMNS = ["status", "reason", "time_ms_median", "peak_mem_bytes", "err_rel_l2"]
 _KEY = ("case", "impl", "phase")
 
@@ -71,6 +72,7 @@ def load_history(root: str | Path, *, suite: str | None = None):
             # every error metric (gradients too) and the naive yardsticks: the judge gates on them
             rec.update({k: v for k, v in row.items() if k.startswith("err_")})
             rec[SAMPLES] = times.get((row["case"], row["impl"], row["phase"]))
+            rec[NAN_FIELDS] = [k for k, v in row.items() if isinstance(v, float) and math.isnan(v)]
             records.append(rec)
     if not records:
         where = f" of suite {suite!r}" if suite else ""
@@ -115,9 +117,11 @@ def _median(values: list[Any]) -> float:
 
 
 def _row(night: dict[str, Any]) -> dict[str, Any]:
-    """A night as a result row for the judge: the frame's NaN fillers (absent fields) dropped."""
-    return {k: v for k, v in night.items()
-            if k != SAMPLES and not (isinstance(v, float) and math.isnan(v))}  # fmt: skip
+    """A night as a result row for the judge: the frame's NaN fillers (absent fields) dropped, a
+    NaN the row itself held kept (the judge calls it a regression, or not gated in a baseline)."""
+    nan = set(night.get(NAN_FIELDS) or ())
+    return {k: v for k, v in night.items() if k not in (SAMPLES, NAN_FIELDS)
+            and (k in nan or not (isinstance(v, float) and math.isnan(v)))}  # fmt: skip
 
 
 def _samples(night: dict[str, Any]) -> list[float]:
@@ -134,9 +138,9 @@ def window_side(past: list[dict[str, Any]]) -> Side:
     """ok nights as the judge's baseline: each numeric field's median over the nights, and every
     night's raw samples pooled (so night-to-night drift counts as noise, not as evidence)."""
     row = {k: past[-1][k] for k in _KEY} | {"status": "ok", "reason": ""}
-    numeric = {k for n in past for k, v in n.items()
+    numeric = {k for n in past for k, v in _row(n).items()
                if (k.startswith("err_") or k in ("time_ms_median", "peak_mem_bytes"))
-               and _finite(v)}  # fmt: skip
+               and isinstance(v, int | float)}  # fmt: skip
     row.update({k: _median([n.get(k) for n in past]) for k in sorted(numeric)})
     pooled = [t for n in past for t in _samples(n)]
     return Side(row, pooled or None)

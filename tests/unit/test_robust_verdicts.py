@@ -141,16 +141,17 @@ def test_judge_is_the_same_rule_for_any_caller():
     assert judge(Side(_row(err_rel_l2=math.nan)), Side(_row()), s).verdict == "ungated"
 
 
-def test_history_flags_a_kernel_whose_error_became_infinite(tmp_path):
+@pytest.mark.parametrize("bad", [math.inf, math.nan], ids=["inf", "nan"])
+def test_history_flags_a_kernel_whose_error_stopped_being_finite(tmp_path, bad):
     for night in range(6):
         row = _row(time_ms=samples(10.0, 0.01, seed=night))
         if night >= 4:
-            row["err_rel_l2"] = math.inf
+            row["err_rel_l2"] = bad
         make_run(tmp_path / f"n{night}", [row], utc_time=f"2026-01-0{night + 1}T03:00:00+00:00")
     flagged = flag_history(load_history(tmp_path))
     last = flagged.iloc[-1]
     assert last["verdict"] == "regression" and bool(last["regressed"])
-    assert last["worse"] == "err_rel_l2 2e-07 -> inf (not finite)"
+    assert last["worse"] == f"err_rel_l2 2e-07 -> {bad} (not finite)"
 
 
 # --- baseline promote: an unfinished run is refused unless forced -----------------------------
