@@ -81,6 +81,9 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
 class WriteError(OSError):
     """A file could not be written (a full disk, a read-only folder); the message names it."""
 
+    def __str__(self) -> str:  # the message as written (OSError would rebuild it from errno)
+        return str(self.args[0]) if self.args else super().__str__()
+
 
 def write_text_atomic(path: str | Path, text: str, *, make_parents: bool = False) -> None:
     """`text` into `path` through a fresh temporary file beside it, fsynced, then renamed over
@@ -100,11 +103,17 @@ def write_text_atomic(path: str | Path, text: str, *, make_parents: bool = False
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        tmp = None
     except OSError as exc:
+        why = exc.strerror or str(exc)
+        errno_part = f"[Errno {exc.errno}] " if exc.errno else ""
+        error = WriteError(f"cannot write {path}: {errno_part}{why}")
+        error.errno, error.filename = exc.errno, str(path)  # for callers that branch on them
+        raise error from exc
+    finally:  # also on Ctrl-C mid-write: never leave a temporary file behind
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-        raise WriteError(f"cannot write {path}: {exc}") from exc
 
 
 def _kind(mode: int) -> str:

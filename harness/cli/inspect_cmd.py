@@ -11,7 +11,7 @@ from rich.text import Text
 from harness.cli.app import app
 from harness.cli.console import FORMATS, check_choice, fail, out, say, write_records
 from harness.errors import HarnessError
-from harness.results import check_output_paths
+from harness.results import check_output_paths, write_text_atomic
 
 LIST_COLUMNS = ("name", "label", "workload", "layout", "distributed", "status", "reason")
 
@@ -134,5 +134,5 @@ def table_cmd(
     if out_path is None:
         print(text, end="")
     else:
-        out_path.write_text(text)
+        write_text_atomic(out_path, text)
         say(f"wrote {out_path}")

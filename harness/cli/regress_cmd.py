@@ -10,7 +10,7 @@ from rich.table import Table
 from harness.cli.app import app, baseline_app, export_app
 from harness.cli.console import fail, fmt, out, say
 from harness.errors import HarnessError
-from harness.results import check_output_paths
+from harness.results import check_output_paths, write_text_atomic
 
 
 @app.command("compare")
@@ -47,10 +47,10 @@ def compare_cmd(
         say(f"note: {warning}")
     out.print(table(result, show_all=show_all))
     if json_path is not None:  # strings verbatim: reasons quote rows as they are
-        json_path.write_text(json.dumps(result.to_dict(), indent=2, default=str,
-                                        ensure_ascii=False), encoding="utf-8")  # fmt: skip
+        write_text_atomic(json_path, json.dumps(result.to_dict(), indent=2, default=str,
+                                                ensure_ascii=False))  # fmt: skip
     if md_path is not None:
-        md_path.write_text(markdown(result, show_all=show_all), encoding="utf-8")
+        write_text_atomic(md_path, markdown(result, show_all=show_all))
     raise typer.Exit(result.exit_code)
 
 
@@ -100,12 +100,12 @@ def history_cmd(
     out.print(table)
     if csv_path is not None:  # the raw samples stay in the run directories
         plain = flagged.drop(columns=[hist.SAMPLES, hist.NAN_FIELDS], errors="ignore")
-        plain.to_csv(csv_path, index=False)
+        write_text_atomic(csv_path, plain.to_csv(index=False))
     if html_path is not None:
         from harness.report.history_figure import history_figure
 
         # plotly.js inside the file: CI artifacts are opened offline, where a CDN page is blank
-        history_figure(flagged).write_html(html_path, include_plotlyjs=True)
+        write_text_atomic(html_path, history_figure(flagged).to_html(include_plotlyjs=True))
     raise typer.Exit(1 if len(bad) else 0)
 
 

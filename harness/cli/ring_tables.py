@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.model.ring import MODELS, ModelError, Workload, load_profile, table
+from harness.results import write_text_atomic
 
 
 def _gib(nbytes: float) -> str:
@@ -56,7 +57,7 @@ def model_ring_command(out: Console, *, profile: str, model: str, phase: str, ca
     if calibrate is not None:
         report.update(_print_validation(out, calibrate, stat, fit_slots))
     if json_path is not None:
-        json_path.write_text(json.dumps(report, indent=2, default=float))
+        write_text_atomic(json_path, json.dumps(report, indent=2, default=float))
 
 
 def _print_validation(out: Console, run_dir: Path, stat: str,
