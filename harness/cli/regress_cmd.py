@@ -75,8 +75,8 @@ def history_cmd(
     from harness.regress import history as hist
     from harness.suite import CompareSettings
 
-    try:
-        settings = CompareSettings(**({"time_tol": time_tol} if time_tol is not None else {}))
+    try:  # the flag is checked here; thresholds otherwise come from each suite's `compare:`
+        CompareSettings(**({"time_tol": time_tol} if time_tol is not None else {}))
     except ValidationError as exc:  # a bad flag is a user error; anything else below is a bug
         fail(f"--time-tol: {exc.errors()[0]['msg']} (got {time_tol})")
     try:
@@ -84,7 +84,9 @@ def history_cmd(
         frame = hist.load_history(root, suite=suite)
         if normalize_to:
             frame = hist.normalize(frame, normalize_to)
-        flagged = hist.flag_history(frame, settings, window=window, persist=persist)
+        flagged = hist.flag_history(
+            frame, window=window, persist=persist, overrides={"time_tol": time_tol}
+        )
     except HarnessError as exc:
         fail(str(exc))
     bad = hist.latest_regressions(flagged)
@@ -99,7 +101,9 @@ def history_cmd(
                                                "worse")))  # fmt: skip
     out.print(table)
     if csv_path is not None:  # the raw samples stay in the run directories
-        plain = flagged.drop(columns=[hist.SAMPLES, hist.NAN_FIELDS], errors="ignore")
+        plain = flagged.drop(
+            columns=[hist.SAMPLES, hist.NAN_FIELDS, hist.SUITE_COMPARE], errors="ignore"
+        )
         write_text_atomic(csv_path, plain.to_csv(index=False))
     if html_path is not None:
         from harness.report.history_figure import history_figure

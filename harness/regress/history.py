@@ -13,6 +13,7 @@ is a regression.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from harness.suite import CompareSettings
 
 SERIES = ["suite_name", "profile", "device_name", "case", "impl", "phase"]
 SAMPLES = "time_samples_ms"  # a night's raw time samples (a list per row), what the judge reads
+SUITE_COMPARE = "suite_compare"  # the run's suite `compare:` section (JSON text), as compare reads
 NAN_FIELDS = "nan_fields"  # fields a night's row holds as NaN (the frame's NaN also means absent)
 _COLUMNS = ["status", "reason", "time_ms_median", "peak_mem_bytes", "err_rel_l2"]
 _KEY = ("case", "impl", "phase")
@@ -62,7 +64,13 @@ def load_history(root: str | Path, *, suite: str | None = None):
         prov = meta.get("provenance")
         prov = prov if isinstance(prov, dict) else {}
         times = {(s["case"], s["impl"], s["phase"]): list(s["time_ms"]) for s in samples}
+        try:
+            spec = run.suite().get("suite") or {}
+        except ResultsError:
+            spec = {}
+        compare_section = spec.get("compare") if isinstance(spec, dict) else None
         head = {"run_id": meta.get("run_id") or path.name, "run_path": str(path),
+                SUITE_COMPARE: json.dumps(compare_section or {}, sort_keys=True),
                 "utc_time": prov.get("utc_time"), "git_commit": prov.get("git_commit"),
                 "suite_name": meta.get("suite_name"), "profile": meta.get("profile") or "",
                 "device_name": prov.get("device_name") or ""}  # fmt: skip
@@ -179,20 +187,45 @@ def flag_series(nights: list[dict[str, Any]], s: CompareSettings, *, window: int
     return out
 
 
+def _series_settings(nights: list[dict[str, Any]], settings: CompareSettings | None,
+                     overrides: dict[str, Any]) -> CompareSettings:  # fmt: skip
+    """The thresholds a series is judged by, as `compare` would judge its newest night: given
+    `settings` win; else the newest run's suite `compare:` section with `overrides` on top."""
+    if settings is not None:
+        chosen = settings
+    else:
+        try:
+            section = json.loads(nights[-1].get(SUITE_COMPARE) or "{}")
+        except (TypeError, ValueError):
+            section = {}
+        merged = {**section, **{k: v for k, v in overrides.items() if v is not None}}
+        try:
+            chosen = CompareSettings.model_validate(merged)
+        except ValueError as exc:
+            raise ResultsError(f"invalid compare settings for {nights[-1].get('run_path')}: "
+                               f"{exc}") from None  # fmt: skip
+    # The frame is already normalized when asked (`normalize`), so the judge compares its times.
+    return chosen.model_copy(update={"normalize_to": None})
+
+
 def flag_history(frame, settings: CompareSettings | None = None, *, window: int = 7,
-                 persist: int = 2, min_window: int = 3):  # fmt: skip
+                 persist: int = 2, min_window: int = 3,
+                 overrides: dict[str, Any] | None = None):  # fmt: skip
     """The frame plus ref_time_ms, verdict (the judge's, or None before a window exists), worse
-    (compare's reasons, or None) and regressed (bool: `persist` worse nights in a row) per night."""
+    (compare's reasons, or None) and regressed (bool: `persist` worse nights in a row) per night.
+
+    Thresholds: `settings` when given; otherwise, per series, the newest run's suite `compare:`
+    section with `overrides` (command-line flags) on top — exactly what `harness compare` uses.
+    """
     import pandas as pd
 
-    # The frame is already normalized when asked (`normalize`), so the judge compares its times.
-    s = (settings or CompareSettings()).model_copy(update={"normalize_to": None})
     if persist < 1 or window < 1 or not 1 <= min_window <= window:
         raise ResultsError(f"need persist >= 1 and 1 <= min_window <= window; got persist "
                            f"{persist}, window {window}, min_window {min_window}")  # fmt: skip
     parts = []
     for _, group in frame.groupby(SERIES, sort=False, dropna=False):
         nights = group.to_dict("records")
+        s = _series_settings(nights, settings, overrides or {})
         flags = flag_series(nights, s, window=window, persist=persist, min_window=min_window)
         parts.append(group.assign(**{k: [f[k] for f in flags] for k in flags[0]}))
     return pd.concat(parts).sort_index()

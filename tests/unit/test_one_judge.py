@@ -300,3 +300,20 @@ def test_nan_and_inf_become_null_in_adopted_figures():
 
     fig = go.Figure(go.Scatter(x=[1, 2, 3], y=[1.0, math.nan, math.inf], mode="lines"))
     assert json.loads(figure_json(adopt(fig)))["data"][0]["y"] == [1.0, None, None]
+
+
+def test_history_uses_the_suite_compare_thresholds_as_compare_does(tmp_path):
+    """A suite that tolerates 50% slowdowns: compare passes a 30% one, so history must too."""
+    for night in range(6):
+        ms = 13.0 if night >= 4 else 10.0
+        make_run(tmp_path / f"n{night}", [ok_row(time_ms=samples(ms, 0.01, seed=night))],
+                 utc_time=f"2026-01-0{night + 1}T03:00:00+00:00",
+                 compare={"time_tol": 0.5})  # fmt: skip
+    assert compare_paths(tmp_path / "n3", tmp_path / "n5").exit_code == 0
+    assert not flag_history(load_history(tmp_path))["regressed"].any()
+    # the same nights under the default 10% tolerance, or the flag, are a regression
+    assert flag_history(load_history(tmp_path), overrides={"time_tol": 0.1})["regressed"].iloc[-1]
+    result = CliRunner().invoke(app, ["history", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["history", str(tmp_path), "--time-tol", "0.1"])
+    assert result.exit_code == 1, result.output
