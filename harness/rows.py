@@ -31,6 +31,8 @@ MEMORY_FIELDS: tuple[str, ...] = (
     "cuda_reserved_bytes",
     "device_used_bytes",
     "mem_budget_bytes",
+    "mem_below_resolution",
+    "peak_mem_above_inputs_bytes_per_rank",
 )
 
 
@@ -91,6 +93,7 @@ class Row(TypedDict, total=False):
     peak_mem_bytes: int | None
     mem_method: str
     mem_budget_bytes: int | None
+    mem_below_resolution: bool
     cuda_reserved_bytes: int | None
     device_used_bytes: int | None
     err_rel_l2: float

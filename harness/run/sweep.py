@@ -88,7 +88,9 @@ def run_tasks(suite: Suite, tasks: list[Task], run: RunDir, *,
                 progress(i, len(todo), task, None)
             started = time.perf_counter()
             timeout = suite.limits.case_timeout_s
-            if time_pool is None or task.case.world_size > 1 or task.skip_reason:
+            # P ranks too: timed in the ordinary-malloc worker like P = 1, so scaling compares
+            # like with like (ranks are forked from the worker and inherit its malloc settings).
+            if time_pool is None or task.skip_reason:
                 row = memory_pool.run(task, timeout)
             else:
                 row = _two_passes(task, time_pool, memory_pool, timeout)
@@ -132,7 +134,7 @@ def _two_passes(task: Task, time_pool: WorkerPool, memory_pool: WorkerPool,
     if row.get("status") != "ok":
         return row
     if mem.get("status") == "ok":
-        row.update({k: mem.get(k) for k in MEMORY_FIELDS})
+        row.update({k: mem[k] for k in MEMORY_FIELDS if k in mem})
     else:  # the time pass stands; say why memory is missing
         row["mem_method"] = f"memory pass {mem.get('status')}: {mem.get('reason')}"
     return row
