@@ -27,8 +27,15 @@ def attention(
 ) -> torch.Tensor:
     """Attention by implementation `name`; raises `Unavailable` (with the reason) if it cannot run.
 
-    q, k, v: (batch, seq, heads, head_dim) with equal shapes; the output has the same layout.
-    Gradients flow through for implementations with `supports_backward`.
+    q, k, v: (batch, seq, heads, head_dim) with equal shapes, of any strides (views of a packed
+    qkv, transposes, broadcast expands); the output has the same layout. Gradients flow through for
+    implementations with `supports_backward`.
+
+    Strides are passed on as they are, not normalised here: an implementation is also called
+    without this function (the worker's binding, `bpt_attention` inside `bpt_layer`,
+    `ring_attention`), so each one gives its kernel the layout that kernel needs (a fused kernel
+    a unit last-dim stride, copied only when missing) and none is silently wrong on a view; a
+    copy here would also tax the implementations that take any strides (naive, chunked, math).
     """
     impl = REGISTRY.get(name)
     if impl.workload != "attention":

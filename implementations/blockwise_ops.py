@@ -13,6 +13,18 @@ The causal mask of a block is aligned top-left: query i sees keys j <= i, counte
 of the two blocks (a diagonal block of a blockwise loop). Fused kernels are used for causal blocks
 only when they are square, where top-left and bottom-right alignments agree.
 
+Strides: the fused kernels index the head dim as if its stride were 1; torch's CPU flash kernel
+silently reads the wrong elements otherwise (relative error ~1.4), so every operand handed to a
+fused kernel gets a unit last-dim stride first (`unit_last_stride`, a no-op when it has one).
+Precision: scores are formed and accumulated in float32 whatever the input dtype (the fused
+kernels do so inside, the torch path upcasts), so large logits cannot overflow float16.
+Known limit (FlashAttention-2's too): the backward's D = rowsum(dout * out) and the recomputed
+rowsum of P * dP agree only to rounding, so where the softmax saturates (scaled logits thousands
+apart, P one-hot, the true dq and dk ~0) dq and dk are that rounding noise: relative errors of
+O(1) in every dtype (q, k = 60 × randn, head_dim 64: dq 1.6 in float16, 8.9 in float32; dv and
+the output unaffected): float32 rows there are above the 3x-naive rule (naive: 0.17), float16
+rows, where naive overflows, are not gated on dq, dk (`harness.measure.tolerance`).
+
 Legend: q_bhsd (batch, heads, seq, head_dim); lse_bhs (batch, heads, seq) in float32, float64 for
 float64 inputs; a merged output is kept in the lse's dtype until it is cast once at the end.
 """
@@ -31,6 +43,11 @@ _aten = torch.ops.aten
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype of statistics and accumulators for inputs of `dtype`."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def unit_last_stride(t: torch.Tensor) -> torch.Tensor:
+    """`t` itself if its last dim has stride 1 (or size 1), else a contiguous copy."""
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
 
 
 def fused_kind(q_bhsd: torch.Tensor, sq: int, sk: int, causal: bool) -> str | None:
@@ -75,6 +92,8 @@ def block_fwd(
     """One block's attention: (out_bhsd in the input dtype, lse_bhs in the accumulator dtype)."""
     sq, sk = q_bhsd.shape[-2], k_bhsd.shape[-2]
     kind = fused_kind(q_bhsd, sq, sk, causal) if kernel == "auto" else None
+    if kind is not None:
+        q_bhsd, k_bhsd, v_bhsd = (unit_last_stride(t) for t in (q_bhsd, k_bhsd, v_bhsd))
     if kind == "cpu_flash":
         return _aten._scaled_dot_product_flash_attention_for_cpu(
             q_bhsd, k_bhsd, v_bhsd, 0.0, causal, scale=scale
@@ -126,6 +145,9 @@ def block_bwd(
     """
     sq, sk = q_bhsd.shape[-2], k_bhsd.shape[-2]
     kind = fused_kind(q_bhsd, sq, sk, causal) if kernel == "auto" else None
+    if kind is not None:
+        operands = (dout_bhsd, q_bhsd, k_bhsd, v_bhsd, out_bhsd)
+        dout_bhsd, q_bhsd, k_bhsd, v_bhsd, out_bhsd = (unit_last_stride(t) for t in operands)
     if kind == "cpu_flash":
         return _aten._scaled_dot_product_flash_attention_for_cpu_backward(
             dout_bhsd, q_bhsd, k_bhsd, v_bhsd, out_bhsd, lse_bhs, 0.0, causal, scale=scale

@@ -8,6 +8,9 @@ half the work. A sequence the block size does not divide ends in a shorter (ragg
 
 Backward (FlashAttention-2 style, arXiv 2307.08691): only q, k, v, out and lse are saved; every
 block's probabilities are recomputed from the final lse, so memory stays O(S·d).
+Inputs of any strides: they get a unit last-dim stride once, on entry (the fused block kernels
+need it). Scores in float32 and merges in the accumulator dtype (`blockwise_ops`); the output is
+cast to the input dtype once.
 Layout: q_bhsd, k_bhsd, v_bhsd -> out_bhsd; lse_bhs (see blockwise_ops' legend).
 """
 
@@ -19,7 +22,14 @@ from collections.abc import Iterator
 import torch
 
 from harness.registry import Impl, register
-from implementations.blockwise_ops import Kernel, acc_dtype, block_bwd, block_fwd, merge_
+from implementations.blockwise_ops import (
+    Kernel,
+    acc_dtype,
+    block_bwd,
+    block_fwd,
+    merge_,
+    unit_last_stride,
+)
 
 DEFAULT_BLOCK_SIZE = 1024
 
@@ -120,11 +130,13 @@ def blockwise_bwd(
 
 
 class BlockwiseAttention(torch.autograd.Function):
-    """Saves q, k, v, out and lse only; backward recomputes every block (O(S·d) memory)."""
+    """Saves q, k, v, out and lse only; backward recomputes every block (O(S·d) memory).
+    Operands get a unit last-dim stride here, once, not per block."""
 
     @staticmethod
     def forward(ctx, q_bhsd, k_bhsd, v_bhsd, causal: bool, block_size: int, scale: float,
                 q_offset: int, kernel: Kernel):  # fmt: skip
+        q_bhsd, k_bhsd, v_bhsd = (unit_last_stride(t) for t in (q_bhsd, k_bhsd, v_bhsd))
         out_bhsd, lse_bhs = blockwise_fwd(q_bhsd, k_bhsd, v_bhsd, scale=scale, causal=causal,
                                           block_size=block_size, q_offset=q_offset,
                                           kernel=kernel)  # fmt: skip
@@ -135,6 +147,7 @@ class BlockwiseAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout_bhsd):
+        dout_bhsd = unit_last_stride(dout_bhsd)
         grads = blockwise_bwd(dout_bhsd, *ctx.saved_tensors, **ctx.settings)
         return (*grads, None, None, None, None, None)
 

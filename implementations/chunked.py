@@ -4,7 +4,11 @@ Queries in chunks of `block_size` (default 1024), keys in chunks of 4 × that (d
 paper's choice). Each key chunk yields (exp-weighted values, exp sum, max); the chunks of one query
 chunk are combined once with a shared max. Both loops are checkpointed, so backward recomputes a
 query chunk at a time and its memory stays O(S·d + q_chunk·k_chunk) instead of O(S²).
-Statistics are kept in float32 (float64 for float64 inputs). Layout: bhsd.
+All arithmetic is in float32 (float64 for float64 inputs) and only the output is cast back:
+the blocks are upcast *before* q·kᵀ, since a float16 product overflows at 65504 (NaN out of the
+softmax) before it could be upcast; the values product p·v is upcast too, which on CPU costs no
+time (torch's CPU matmuls are no faster in float16/bfloat16 here) and saves p's low-precision
+copy. Inputs of any strides (plain torch ops). Layout: bhsd.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 def _summarize_key_chunk(q_c, k_c, v_c, q_start: torch.Tensor, k_start: torch.Tensor, causal: bool):
     """exp-weighted values, exp sums and row max of one (query chunk, key chunk) pair."""
     acc = _acc_dtype(q_c.dtype)
-    s = (q_c @ k_c.transpose(-1, -2)).to(acc) * (1.0 / math.sqrt(q_c.shape[-1]))
+    s = (q_c.to(acc) * (1.0 / math.sqrt(q_c.shape[-1]))) @ k_c.to(acc).transpose(-1, -2)
     if causal:
         q_pos = q_start + torch.arange(q_c.shape[-2], device=q_c.device)
         k_pos = k_start + torch.arange(k_c.shape[-2], device=q_c.device)
@@ -35,7 +39,7 @@ def _summarize_key_chunk(q_c, k_c, v_c, q_start: torch.Tensor, k_start: torch.Te
     m = s.amax(dim=-1, keepdim=True)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # rows fully masked in this chunk
     p = torch.exp(s - m)
-    values = (p.to(v_c.dtype) @ v_c).to(acc)
+    values = p @ v_c.to(acc)
     return values, p.sum(dim=-1, keepdim=True), m
 
 

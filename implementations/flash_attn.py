@@ -8,6 +8,9 @@ compute capability 8.x-12.x forward but 9.x-12.x backward, so an sm8x fwd_bwd ro
 with its assertion; head_dim 8-256 in multiples of 8 on sm90 but only up to 128, or 256, on
 sm100/sm110), returns `out` or `(out, lse)`; its arguments go by keyword (the 4th is `qv`).
 Layout: q_bshd, k_bshd, v_bshd -> out_bshd, the harness's public layout, so nothing is converted.
+Strides: the kernels read the head dim with stride 1; any other stride of the last dim is copied
+to a unit one here (flash-attn's own wrappers do the same, in the versions we know of), every
+other stride goes through as is (the kernels take batch, seq and head strides).
 Causal: flash-attn aligns the mask to the bottom-right corner of the score matrix, SDPA and the
 harness's float64 reference to the top-left; they agree when Sq == Sk, which every attention case
 of the harness has (one seq_len for queries and keys).
@@ -114,10 +117,15 @@ def _kernel(flavor: _Flavor) -> Callable[..., object]:
     return module.flash_attn_func
 
 
+def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
 def _forward(flavor: _Flavor) -> Callable[..., torch.Tensor]:
     def forward(q_bshd: torch.Tensor, k_bshd: torch.Tensor, v_bshd: torch.Tensor, *,
                 causal: bool, block_size: int | None = None) -> torch.Tensor:  # fmt: skip
         kernel = _kernel(flavor)
+        q_bshd, k_bshd, v_bshd = (_unit_last_stride(t) for t in (q_bshd, k_bshd, v_bshd))
         if flavor is FA2:
             out = kernel(q_bshd, k_bshd, v_bshd, dropout_p=0.0, softmax_scale=None, causal=causal)
         else:

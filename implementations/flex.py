@@ -11,6 +11,10 @@ changes: dynamo's recompile limit (8 per function) would otherwise stop compilin
 and, with full-graph, fail. On CPU (torch 2.13) compiled flex supports float32, float16 and
 bfloat16 and has no backward (torch raises NotImplementedError, recorded as unsupported).
 `block_size` is ignored: flex's block mask granularity is its own (128).
+Strides: inductor specializes the compiled kernel to its inputs' strides (any strides give the
+right answer on CPU, checked in tests/unit/test_strides.py); the strides are part of the case key,
+so a new stride pattern resets dynamo like a new case instead of counting toward its recompile
+limit.
 """
 
 from __future__ import annotations
@@ -70,7 +74,8 @@ def _prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """The compiled kernel and block mask of this case, made (once) on its first call."""
     from torch.nn.attention import flex_attention as flex
 
-    key = (tuple(q.shape), tuple(k.shape), q.dtype, q.device, causal, q.requires_grad)
+    key = (tuple(q.shape), tuple(k.shape), tuple(t.stride() for t in (q, k, v)), q.dtype, q.device,
+           causal, q.requires_grad)  # fmt: skip
     if _state["key"] != key:
         # Inside torch.compile torch's own input checks (no backward on CPU) surface as an opaque
         # dynamo error; run them eagerly first so their NotImplementedError reaches the harness.

@@ -7,6 +7,11 @@ swaps in torch's fused memory-efficient attention (FlashAttention-style, no S×S
 full-sequence FFN, whose activations (~8·b·s·h in the paper's count) autograd stores.
 Forward: forward(x_bsh, params, *, causal, block_size, num_heads) -> y_bsh; layout of the heads:
 q_bhsd (batch, heads, seq, head_dim); x_bsh (batch, seq, hidden).
+Inputs and parameters of any strides: layer norm and the projections take them as they are, and
+q, k, v are views of the QKV projection's fresh output with a unit last-dim stride, which torch's
+fused attention needs. Precision: `vanilla_layer` inherits naive attention's float16 overflow at
+|q·k| > 65504 by design (see implementations/naive.py); `memeff_layer`'s fused kernel and
+`bpt_layer` form scores in float32.
 """
 
 from __future__ import annotations

@@ -1,7 +1,13 @@
 """Naive attention: materializes the full S×S score matrix, everything in the input dtype.
 
 The baseline every paper compares against, and the "same low precision" yardstick of the tolerance
-rule. Layout: q_bhsd, k_bhsd, v_bhsd -> out_bhsd.
+rule. Layout: q_bhsd, k_bhsd, v_bhsd -> out_bhsd; any strides (plain matmuls).
+
+Deliberately *not* upcast: the S×S scores stay in the input dtype, as in the textbook kernel whose
+memory and error this row measures (float32 scores would double its S×S memory). So in float16
+it overflows once |q·k| passes 65504 (scores inf, softmax NaN): its row's error is then inf, the
+yardstick is gone, and the tolerance falls back to the unit-roundoff rule of
+`harness.measure.tolerance`. bfloat16 has float32's range and never overflows here.
 """
 
 from __future__ import annotations

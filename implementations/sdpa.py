@@ -3,6 +3,9 @@
 sdpa_math (reference composite), sdpa_flash (FlashAttention-2 kernels on CUDA, torch's fused flash
 kernel on CPU), sdpa_efficient (xformers-derived CUDA kernel), sdpa_cudnn (cuDNN fused attention).
 Causal is aligned top-left (equal to bottom-right when Sq == Sk). Layout: bhsd.
+Strides: torch's fused kernels need a unit last-dim stride (SDPA refuses other inputs with a bare
+"No available kernel"), so the forced fused backends get one (a copy only when missing); the math
+backend takes any strides as they are.
 """
 
 from __future__ import annotations
@@ -20,8 +23,14 @@ from harness.registry import Availability, Impl, register
 _LOW = ("float16", "bfloat16")
 
 
+def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
 def _sdpa(backend: SDPBackend, q_bhsd, k_bhsd, v_bhsd, *, causal: bool,
           block_size: int | None = None) -> torch.Tensor:  # fmt: skip
+    if backend != SDPBackend.MATH:
+        q_bhsd, k_bhsd, v_bhsd = (_unit_last_stride(t) for t in (q_bhsd, k_bhsd, v_bhsd))
     with sdpa_kernel(backend):
         return F.scaled_dot_product_attention(q_bhsd, k_bhsd, v_bhsd, is_causal=causal)
 

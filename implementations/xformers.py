@@ -8,6 +8,9 @@ as built into xformers; ck: AMD Composable Kernel, ROCm only). Per-case reasons 
 case's batch, heads, head_dim and dtype; a reason that depends on the sequence length appears
 when the kernel runs. Layout: q_bshd, k_bshd, v_bshd -> out_bshd ([B, M, H, K] in xformers).
 Causal: `LowerTriangularMask`, aligned top-left like SDPA (equal to bottom-right when Sq == Sk).
+Strides: xformers' ops refuse a last-dim stride other than 1 and a head stride not a multiple of
+their alignment; the per-case probe asks about contiguous tensors, so the call makes its inputs
+contiguous too (a no-op for the harness's inputs), and probe and call agree.
 
 Availability follows xformers' own flags. If its C++ library (`xformers._C`) does not load,
 xformers marks itself built without CUDA (`_cpp_lib._built_with_cuda`) and refuses every CUDA
@@ -171,6 +174,7 @@ def _forward(family: str | None) -> Callable[..., torch.Tensor]:
                 causal: bool, block_size: int | None = None) -> torch.Tensor:  # fmt: skip
         xops = importlib.import_module("xformers.ops")
         bias = xops.LowerTriangularMask() if causal else None
+        q_bshd, k_bshd, v_bshd = (t.contiguous() for t in (q_bshd, k_bshd, v_bshd))
         return xops.memory_efficient_attention(q_bshd, k_bshd, v_bshd, attn_bias=bias,
                                                op=_op(family))  # fmt: skip
 

@@ -35,6 +35,13 @@ from typing import Any, Literal
 import numpy as np
 
 from harness.errors import HarnessError, ResultsError
+from harness.measure.tolerance import (
+    FLOOR,
+    NAIVE_FACTOR_GRAD,
+    NAIVE_FACTOR_OUT,
+    Limit,
+    naive_limit,
+)
 from harness.regress.baseline import describe, expected_keys
 from harness.results import RunDir
 from harness.suite import CompareSettings
@@ -49,9 +56,11 @@ VERDICT_ORDER: tuple[str, ...] = (
 # The metrics gated on a row ok on both sides (error metrics are every `err_*_rel_l2`, see
 # `_error_metrics`); each must be finite on both sides to be compared at all.
 TIME, THROUGHPUT, MEMORY = "time_ms_median", ("tflops", "tokens_per_s"), "peak_mem_bytes"
-ERR_FLOOR = 1e-9  # absolute slack so that an error of ~0 (float64) cannot trip a ratio test
-NAIVE_RULE_OUT = 2.0  # ANCHORS.md: err(impl) <= 2 x err(naive in the same low precision) + floor
-NAIVE_RULE_GRAD = 3.0  # and 2-3 x for gradients
+# The tolerance rule lives in harness/measure/tolerance.py (2x / 3x naive-same-precision, and
+# the unit-roundoff fallback when naive itself overflows); its constants are re-used here.
+ERR_FLOOR = FLOOR
+NAIVE_RULE_OUT = NAIVE_FACTOR_OUT
+NAIVE_RULE_GRAD = NAIVE_FACTOR_GRAD
 BOOTSTRAP_RESAMPLES = 2000
 
 
@@ -357,9 +366,13 @@ def _naive_key(metric: str) -> tuple[str, float]:
 
 
 def _naive_limit(row: dict[str, Any], metric: str) -> float | None:
-    naive, factor = _naive_key(metric)
-    value = row.get(naive)
-    return factor * float(value) + ERR_FLOOR if finite(value) else None
+    return _tolerance(row, metric).limit
+
+
+def _tolerance(row: dict[str, Any], metric: str) -> Limit:
+    """Tolerance of `metric` in `row`: the naive rule, or its fallback when naive overflowed."""
+    return naive_limit(metric, row.get(_naive_key(metric)[0]), row.get("dtype"),
+                       row.get("workload") or "attention")  # fmt: skip
 
 
 def _judge_error(res: RowResult, b: dict[str, Any], c: dict[str, Any], s: CompareSettings) -> None:
@@ -377,8 +390,8 @@ def _judge_error(res: RowResult, b: dict[str, Any], c: dict[str, Any], s: Compar
         naive = _naive_key(metric)[0]
         for row, side in ((b, "baseline"), (c, "candidate")):
             if not_finite(row.get(naive)):
-                res.notes.append(f"{metric}: {naive} is {row[naive]} in the {side}; the naive "
-                                 "rule is not applied")  # fmt: skip
+                res.notes.append(f"{metric}: {naive} is {row[naive]} in the {side}; "
+                                 f"{_tolerance(row, metric).describe()}")  # fmt: skip
         if lim_c is not None and vc > lim_c and not (lim_b is not None and vb > lim_b):
             res.reasons.append(f"{metric} {vc:.3g} is now above the naive-low-precision rule "
                                f"({lim_c:.3g})")  # fmt: skip

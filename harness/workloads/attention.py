@@ -3,7 +3,9 @@
 The float64 reference runs in query-row chunks so S×S never exists; beyond `max_rows` query rows
 it evaluates a seeded sample of rows (recorded in the row). Gradient references need every row and
 are computed only up to `grad_max_seq`. The error of naive attention in the case's own precision is
-computed on the same rows so a reader can apply the "≤ 2× naive low-precision error" rule.
+computed on the same rows so a reader can apply the "≤ 2× naive low-precision error" rule; that
+naive keeps its scores in the case's dtype on purpose (it is `implementations/naive.py`'s
+arithmetic), so in float16 it can overflow, and `harness.measure.tolerance` says what then applies.
 """
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ class AttentionWorkload:
                 q, k, v, rows, causal=case.causal, compute_dtype=dtype, chunk_rows=chunk_rows
             ),
             grads_fn=lambda dtype: _grads(q, k, v, dout.cpu(), case.causal, dtype),
+            workload="attention",
         )
 
     def select_rows(self, out: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:

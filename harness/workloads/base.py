@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -68,15 +69,19 @@ class Workload(Protocol):
 def sampled_reference(
     seq: int, low_dtype: torch.dtype, dout: torch.Tensor | None, *, max_rows: int,
     grad_max_seq: int, rows_fn: Callable[[torch.Tensor, torch.dtype], torch.Tensor],
-    grads_fn: Callable[[torch.dtype], dict[str, torch.Tensor]],
+    grads_fn: Callable[[torch.dtype], dict[str, torch.Tensor]], workload: str | None = None,
 ) -> Reference:  # fmt: skip
     """The reference procedure every workload shares.
 
     Output rows come from `rows_fn(rows, dtype)`, in float64 and in the case's own dtype (the
     naive-same-precision yardstick); beyond `max_rows` rows a seeded sample is used. Gradients
     (`grads_fn(dtype)`) need every row, so they are computed only up to `grad_max_seq`.
+    A naive error that is not finite (naive overflowed: float16 scores past 65504) is recorded
+    as it is (inf), and the note says which rule of `harness.measure.tolerance` then applies to
+    the row's errors (for `workload`; without one, only that the fallback applies).
     """
     from harness.measure.error import rel_l2
+    from harness.measure.tolerance import fallback_note
 
     sampled = seq > max_rows
     if sampled:
@@ -95,5 +100,12 @@ def sampled_reference(
         naive_grads = grads_fn(low_dtype)
         result.naive_grad_rel_l2 = {n: rel_l2(naive_grads[n], result.grads[n])
                                     for n in result.grads}  # fmt: skip
-    result.note = "; ".join(notes)
+    dtype = str(low_dtype).removeprefix("torch.")
+    grad_naive = max(result.naive_grad_rel_l2.values()) if result.naive_grad_rel_l2 else None
+    if workload is not None:
+        notes.append(fallback_note(workload, dtype, result.naive_out_rel_l2, grad_naive))
+    elif not all(math.isfinite(e) for e in (result.naive_out_rel_l2, grad_naive or 0.0)):
+        notes.append(f"naive {dtype} is not finite (overflow): the fallback rule of "
+                     "harness.measure.tolerance applies")  # fmt: skip
+    result.note = "; ".join(n for n in notes if n)
     return result

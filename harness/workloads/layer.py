@@ -103,6 +103,7 @@ class LayerWorkload:
             grad_max_seq=grad_max_seq,
             rows_fn=lambda rows, dtype: layer_rows(x, params, rows, compute_dtype=dtype, **common),
             grads_fn=lambda dtype: _grads(tensors, dout.cpu(), every, common, dtype),
+            workload="layer",
         )
 
     def select_rows(self, out: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:

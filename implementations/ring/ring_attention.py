@@ -7,6 +7,11 @@ masks from `seq_layouts.plan`), waits, and merges by log-sum-exp. Backward (Flas
 arXiv 2307.08691): dQ stays local; the dK/dV partial sums of a block travel the ring with it, one
 step behind, and a final hop returns them to the block's owner.
 
+Numerics are the blockwise kernel's (`blockwise_ops`): scores in float32 (no float16 overflow),
+partial outputs merged in the accumulator dtype, the output cast to the input dtype once.
+Inputs of any strides: the transpose to bhsd makes them contiguous, and `block_fwd` / `block_bwd`
+give any other operand the unit last-dim stride the fused kernels need.
+
 Legend: *_bshd (batch, local_seq, heads, head_dim) at the API; *_bhsd inside; kv_2bhsd stacks K
 and V so one message carries both; lse_bhs in the accumulator dtype.
 """
