@@ -142,7 +142,10 @@ def _assert_complete(run: _Run, kept: list[dict]) -> None:
 
 
 # each starts a run and a resume: ~14 s on an idle 2-core machine; Ctrl-C has its own test below
-@pytest.mark.parametrize("how,code", [("SIGTERM", 143), ("SIGHUP", 129), ("SIGKILL", -9)])
+# SIGHUP takes SIGTERM's path (interrupt.py); it runs with -m slow to keep the default run short
+@pytest.mark.parametrize("how,code", [("SIGTERM", 143),
+                                      pytest.param("SIGHUP", 129, marks=pytest.mark.slow),
+                                      ("SIGKILL", -9)])  # fmt: skip
 def test_a_signal_ends_every_worker_at_once_and_the_run_resumes(how, code, plugin_site, tmp_path):
     run = _Run(tmp_path, _sleepy_suite(), _env(plugin_site, HARNESS_TEST_SLEEP_S="600"))
     groups = run.wait_busy(rows=1, workers=1)  # the memory pass of plugin_sleepy
@@ -178,6 +181,7 @@ def test_ctrl_c_twice_stops_at_once_says_how_to_resume_and_that_finishes(plugin_
     _assert_complete(run, kept)
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_a_worker_starts_prints_no_traceback(plugin_site, tmp_path):
     # until its setsid the new worker is in the terminal's process group, importing torch
     run = _Run(tmp_path, _sleepy_suite(), _env(plugin_site, HARNESS_TEST_SLEEP_S="600"))
@@ -192,7 +196,9 @@ def test_ctrl_c_while_a_worker_starts_prints_no_traceback(plugin_site, tmp_path)
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("how,code", [("SIGTERM", 143), ("SIGKILL", -9)])
+@pytest.mark.parametrize(
+    "how,code", [("SIGTERM", 143), pytest.param("SIGKILL", -9, marks=pytest.mark.slow)]
+)
 def test_ring_ranks_die_with_their_worker(how, code, plugin_site, tmp_path):
     data = tiny_suite(implementations=["ring"], sweep={"world_size": [1, 2]},
                       limits={"case_timeout_s": 900})  # fmt: skip
