@@ -121,22 +121,48 @@ def budget_bytes(suite: Suite) -> int | None:
     return int(budget * (1 << 30)) if budget else None
 
 
+def _pass_failed(row: dict[str, Any]) -> bool:
+    """The pass itself failed (a timeout, a dead worker), not the implementation (which raises the
+    same in either pass): then the reason should say which pass."""
+    reason = str(row.get("reason") or "")
+    return row.get("status") == "timeout" or reason.startswith("worker process died")
+
+
 def _two_passes(task: Task, time_pool: WorkerPool, memory_pool: WorkerPool,
                 timeout: float) -> dict[str, Any]:  # fmt: skip
     """Peak memory in the tight-malloc worker first, then time (and check) in the ordinary one.
 
     Memory first: a case whose measured peak breaks the budget is `oom` there and never timed.
+    The two passes share the case timeout (the time pass gets what the memory pass left), and a
+    failed pass says which it was; a failed time pass keeps the memory pass's numbers.
     """
+    started = time.perf_counter()
     mem = memory_pool.run(replace(task, measure="memory"), timeout)
-    if mem.get("status") in ("oom", "skipped", "unsupported"):
+    spent = time.perf_counter() - started
+    if mem.get("status") in ("oom", "skipped", "unsupported", "timeout", "error"):
+        if _pass_failed(mem):
+            mem["reason"] = f"memory pass: {mem.get('reason') or ''}".rstrip()
+        mem["elapsed_s"] = spent
         return mem
-    row = time_pool.run(replace(task, measure="time"), timeout)
-    if row.get("status") != "ok":
+    left = timeout - spent
+    if left <= 0:
+        row = {**mem, "status": "timeout",
+               "reason": f"time pass: no time left of the case timeout {timeout}s after the "
+                         f"memory pass ({spent:.1f}s)"}  # fmt: skip
+        row["elapsed_s"] = spent
         return row
-    if mem.get("status") == "ok":
+    row = time_pool.run(replace(task, measure="time"), left)
+    if row.get("status") != "ok":
+        if _pass_failed(row):
+            row["reason"] = f"time pass: {row.get('reason') or ''}".rstrip()
+        for key, value in mem.items():  # what the memory pass measured still stands
+            row.setdefault(key, value)
+        row.update({k: mem[k] for k in MEMORY_FIELDS if k in mem})
+    elif mem.get("status") == "ok":
         row.update({k: mem[k] for k in MEMORY_FIELDS if k in mem})
     else:  # the time pass stands; say why memory is missing
         row["mem_method"] = f"memory pass {mem.get('status')}: {mem.get('reason')}"
+    row["elapsed_s"] = time.perf_counter() - started
     return row
 
 

@@ -87,3 +87,17 @@ def test_killed_run_resumes_missing_rows_only(plugin_site, write_suite, tmp_path
     assert len(keys) == len(set(keys)) == 12
     assert set(frame["status"]) == {"ok"}
     json.loads((rows_file.parent / "run.json").read_text())  # still intact
+
+
+def test_the_two_cpu_passes_share_one_case_timeout(plugin_site, tmp_path):
+    """On CPU a task runs a memory pass then a time pass; a hang must cost one case timeout, not
+    two, and the reason must say which pass it was."""
+    data = tiny_suite(implementations=["plugin_hangs"], limits={"case_timeout_s": 6})
+    started = time.monotonic()
+    rows = _run(data, tmp_path)
+    took = time.monotonic() - started
+    row = rows["plugin_hangs"]
+    assert row["status"] == "timeout", row
+    assert row["reason"].startswith("memory pass: no result within the case timeout 6"), row
+    assert row["elapsed_s"] < 11, row  # one timeout (+ the kill), never 2 × 6 s
+    assert took < 60, took
