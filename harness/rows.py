@@ -1,8 +1,8 @@
 """The result row: its schema version, its statuses and its fields, owned here and nowhere else.
 
 One row per (case, implementation, phase). Every module that builds or reads rows imports this
-module; it imports neither torch nor any other part of the harness beyond `case` (which is plain
-data), so read-only commands stay fast.
+module; it imports neither torch nor any other part of the harness, so read-only commands stay
+fast.
 
 Schema history (`schema_version` on every record of a run directory):
     1  the first rows; the sequence sharding of distributed cases was called `layout`.

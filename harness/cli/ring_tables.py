@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from harness.model.ring import MODELS, ModelError, Workload, load_profile, table
 from harness.results import write_text_atomic
@@ -37,9 +38,10 @@ def model_ring_command(out: Console, *, profile: str, model: str, phase: str, ca
     prof = load_profile(profile)
     w = Workload(**MODELS[model], causal=causal, phase=phase)  # type: ignore[arg-type]
     rows = table(prof, w, max_p=max_p, seq_len=seq_len)
-    t = Table(title=f"ring model: {prof.name}, {model} ({phase}, {'causal' if causal else 'full'})"
-                    f"; overlap from block >= {rows[0]['overlap_block_tokens']:,.0f} tokens",
-              caption=prof.source)  # fmt: skip
+    mask = "causal" if causal else "full"
+    t = Table(title=Text(f"ring model: {prof.name}, {model} ({phase}, {mask})"
+                    f"; overlap from block >= {rows[0]['overlap_block_tokens']:,.0f} tokens"),
+              caption=Text(prof.source))  # fmt: skip
     for col in ("P", "seq", "compute/step ms", "comm/step ms", "step ms", "total ms", "overlap",
                 "mem/device", "max context"):  # fmt: skip
         t.add_column(col, justify="right", overflow="fold")
@@ -65,10 +67,10 @@ def _print_validation(out: Console, run_dir: Path, stat: str,
     from harness.model.ring_calibration import validate
 
     prof, recs = validate(run_dir, stat, fit_slots)
-    t = Table(title=f"calibrated on {run_dir}: link {prof.link_bytes_per_s / 1e9:.3g} GB/s, "
+    t = Table(title=Text(f"calibrated on {run_dir}: link {prof.link_bytes_per_s / 1e9:.3g} GB/s, "
                     f"latency {prof.link_latency_s * 1e3:.3g} ms, "
                     f"{prof.flops / 1e9:.3g} GFLOP/s a rank, compute slots "
-                    f"{prof.compute_slots or 'unlimited'}")  # fmt: skip
+                    f"{prof.compute_slots or 'unlimited'}"))  # fmt: skip
     for col in ("P", "seq", "mask", "phase", f"measured {stat} ms", "predicted ms", "error %",
                 "comm ms meas/pred"):  # fmt: skip
         t.add_column(col, justify="right")

@@ -44,9 +44,9 @@ from harness.measure.tolerance import (
 )
 from harness.regress.baseline import describe, expected_keys
 from harness.results import RunDir
+from harness.rows import Key
 from harness.suite import CompareSettings
 
-Key = tuple[str, str, str]
 Verdict = Literal["regression", "missing", "changed", "ungated", "new", "vanished", "improvement",
                   "unchanged"]  # fmt: skip
 # Worst first in every listing.
