@@ -45,6 +45,10 @@ def attention(
             f"q, k, v must share the shape (batch, seq, heads, head_dim); got "
             f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
+    if 0 in q.shape:  # an empty sequence or head: kernels divide by these sizes (SIGFPE in bpt)
+        raise ValueError(f"q, k, v need every dimension >= 1; got shape {tuple(q.shape)}")
+    if block_size is not None and (isinstance(block_size, bool) or block_size < 1):
+        raise ValueError(f"block_size must be a positive integer or None; got {block_size!r}")
     availability = impl.available(q.device.type)
     if not availability.ok:
         raise Unavailable(name, availability.reason)

@@ -146,6 +146,8 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
         raise ValueError(f"q, k, v must share the shape (batch, local_seq, heads, head_dim); got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")  # fmt: skip
     _, world = _world(group)
+    if 0 in q.shape:  # the block kernels divide by these sizes
+        raise ValueError(f"q, k, v need every dimension >= 1; got shape {tuple(q.shape)}")
     if causal and seq_layout == "zigzag" and world > 1 and q.shape[1] % 2:
         raise ValueError(f"zigzag needs an even local length (two chunks); got {q.shape[1]}")
     scale = 1.0 / math.sqrt(q.shape[-1])
