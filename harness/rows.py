@@ -13,6 +13,7 @@ Version-1 records are upgraded on read (`upgrade`); newer versions are refused.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, TypedDict, get_args
 
 SCHEMA_VERSION = 2
@@ -107,6 +108,11 @@ class Row(TypedDict, total=False):
 
 
 Key = tuple[str, str, str]
+
+
+def is_finite_number(value: Any) -> bool:
+    """A row value that is a real number, neither NaN nor infinite (bools and None are not)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def row_key(row: dict[str, Any]) -> Key:

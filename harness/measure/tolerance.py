@@ -30,9 +30,10 @@ compare judges a metric that turns NaN or inf by itself.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from harness.rows import is_finite_number
 
 NAIVE_FACTOR_OUT = 2.0
 NAIVE_FACTOR_GRAD = 3.0
@@ -61,16 +62,12 @@ class Limit:
         return f"{self.metric}{bound} ({self.rule} rule: {self.why})"
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def naive_limit(metric: str, naive_err: Any, dtype: str | None,
                 workload: str | None = "attention") -> Limit:  # fmt: skip
     """The tolerance of error `metric` (`err_rel_l2`, `err_dq_rel_l2`, ...) of a row of `workload`
     in `dtype`, whose naive-same-precision error (the output's, or the gradients') is
     `naive_err`."""
-    if _finite(naive_err):
+    if is_finite_number(naive_err):
         factor = NAIVE_FACTOR_OUT if metric == OUTPUT_METRIC else NAIVE_FACTOR_GRAD
         return Limit(metric, factor * float(naive_err) + FLOOR, "naive",
                      f"{factor:g} x naive {dtype} error {float(naive_err):.3g}")  # fmt: skip
@@ -87,9 +84,9 @@ def naive_limit(metric: str, naive_err: Any, dtype: str | None,
 def fallback_note(workload: str, dtype: str, out_naive: Any, grad_naive: Any = None) -> str:
     """For the row's `ref_note`: the rule its errors fall under when naive overflowed, else ""."""
     parts = []
-    if out_naive is not None and not _finite(out_naive):
+    if out_naive is not None and not is_finite_number(out_naive):
         parts.append(naive_limit(OUTPUT_METRIC, out_naive, dtype, workload).describe())
-    if grad_naive is not None and not _finite(grad_naive):
+    if grad_naive is not None and not is_finite_number(grad_naive):
         dv = naive_limit("err_dv_rel_l2", grad_naive, dtype, workload)
         if dv.limit is not None:
             parts.append(dv.describe())

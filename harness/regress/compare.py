@@ -35,16 +35,10 @@ from typing import Any, Literal
 import numpy as np
 
 from harness.errors import HarnessError, ResultsError
-from harness.measure.tolerance import (
-    FLOOR,
-    NAIVE_FACTOR_GRAD,
-    NAIVE_FACTOR_OUT,
-    Limit,
-    naive_limit,
-)
+from harness.measure.tolerance import FLOOR, Limit, naive_limit
 from harness.regress.baseline import describe, expected_keys
 from harness.results import RunDir
-from harness.rows import Key
+from harness.rows import Key, is_finite_number
 from harness.suite import CompareSettings
 
 Verdict = Literal["regression", "missing", "changed", "ungated", "new", "vanished", "improvement",
@@ -57,10 +51,8 @@ VERDICT_ORDER: tuple[str, ...] = (
 # `_error_metrics`); each must be finite on both sides to be compared at all.
 TIME, THROUGHPUT, MEMORY = "time_ms_median", ("tflops", "tokens_per_s"), "peak_mem_bytes"
 # The tolerance rule lives in harness/measure/tolerance.py (2x / 3x naive-same-precision, and
-# the unit-roundoff fallback when naive itself overflows); its constants are re-used here.
+# the unit-roundoff fallback when naive itself overflows); its floor is the one used here.
 ERR_FLOOR = FLOOR
-NAIVE_RULE_OUT = NAIVE_FACTOR_OUT
-NAIVE_RULE_GRAD = NAIVE_FACTOR_GRAD
 BOOTSTRAP_RESAMPLES = 2000
 
 
@@ -134,9 +126,7 @@ class Side:
         return [s / scale for s in self.samples] if finite(scale) and scale > 0 else None
 
 
-def finite(value: Any) -> bool:
-    """A real number that is neither NaN nor infinite (bools and None are not numbers here)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+finite = is_finite_number  # a real number, neither NaN nor infinite (the row schema's predicate)
 
 
 def not_finite(value: Any) -> bool:
@@ -359,10 +349,11 @@ def _error_metrics(row: dict[str, Any]) -> dict[str, float]:
             and isinstance(v, int | float) and not isinstance(v, bool)}  # fmt: skip
 
 
-def _naive_key(metric: str) -> tuple[str, float]:
+def _naive_key(metric: str) -> str:
+    """The row field holding the naive-same-precision error that `metric` is held against."""
     if metric == "err_rel_l2":
-        return "err_naive_same_dtype_rel_l2", NAIVE_RULE_OUT
-    return "err_naive_same_dtype_grad_rel_l2", NAIVE_RULE_GRAD
+        return "err_naive_same_dtype_rel_l2"
+    return "err_naive_same_dtype_grad_rel_l2"
 
 
 def _naive_limit(row: dict[str, Any], metric: str) -> float | None:
@@ -371,7 +362,7 @@ def _naive_limit(row: dict[str, Any], metric: str) -> float | None:
 
 def _tolerance(row: dict[str, Any], metric: str) -> Limit:
     """Tolerance of `metric` in `row`: the naive rule, or its fallback when naive overflowed."""
-    return naive_limit(metric, row.get(_naive_key(metric)[0]), row.get("dtype"),
+    return naive_limit(metric, row.get(_naive_key(metric)), row.get("dtype"),
                        row.get("workload") or "attention")  # fmt: skip
 
 
@@ -387,7 +378,7 @@ def _judge_error(res: RowResult, b: dict[str, Any], c: dict[str, Any], s: Compar
             res.reasons.append(f"{metric} {vb:.3g} -> {vc:.3g} (> {s.err_factor:g}x baseline)")
             continue
         lim_b, lim_c = _naive_limit(b, metric), _naive_limit(c, metric)
-        naive = _naive_key(metric)[0]
+        naive = _naive_key(metric)
         for row, side in ((b, "baseline"), (c, "candidate")):
             if not_finite(row.get(naive)):
                 res.notes.append(f"{metric}: {naive} is {row[naive]} in the {side}; "

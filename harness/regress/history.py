@@ -21,7 +21,7 @@ from typing import Any
 from harness.errors import ResultsError
 from harness.regress.compare import Side, judge
 from harness.results import RUN, RunDir, warn
-from harness.rows import row_key
+from harness.rows import is_finite_number, row_key
 from harness.suite import CompareSettings
 
 SERIES = ["suite_name", "profile", "device_name", "case", "impl", "phase"]
@@ -112,12 +112,8 @@ def normalize(frame, ref: str):
     return out.drop(columns="ref_time_ms")
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _median(values: list[Any]) -> float:
-    vals = sorted(float(v) for v in values if _finite(v))
+    vals = sorted(float(v) for v in values if is_finite_number(v))
     if not vals:
         return math.nan
     mid = len(vals) // 2

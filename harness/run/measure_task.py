@@ -187,8 +187,8 @@ def measure(task: Task, group: Group | None = None) -> dict[str, Any]:
     impl = REGISTRY.get(task.impl)
     case, device = task.case, task.device
     lead = group is None or group.rank == 0
-    facts = {"label": impl.label, "memory_exponent": getattr(impl, "memory_exponent", None),
-             "uses_block_size": getattr(impl, "uses_block_size", None)}  # fmt: skip
+    facts = {"label": impl.label, "memory_exponent": impl.memory_exponent,
+             "uses_block_size": impl.uses_block_size}  # fmt: skip
     budget, budget_source = budget_for(task)
     # S×S would exist and only the default guard stands between it and the machine: refuse what
     # cannot fit before making a single input. A suite's own budget is held to the measured peak.
