@@ -50,8 +50,18 @@ class Impl:
     """One registry entry.
 
     `forward` takes tensors in `layout` and returns the output in the same layout:
-    attention: forward(q, k, v, *, causal, block_size) -> out;
+    attention: forward(q, k, v, *, causal, block_size[, mask][, softmax_scale]) -> out;
     layer:     forward(x, params, *, causal, block_size, num_heads) -> y.
+    Attention shapes: q (batch, seqlen_q, num_heads, head_dim), k (batch, seqlen_k, num_kv_heads,
+    head_dim), v (batch, seqlen_k, num_kv_heads, head_dim_v), out (batch, seqlen_q, num_heads,
+    head_dim_v) (bshd; bhsd swaps seq and heads). `causal=True` is the bottom-right aligned causal
+    mask (`harness.masks`); any other mask comes as `mask=` (a `harness.masks.MaskSpec`, with
+    `causal=False`), a non-default scale as `softmax_scale=`; neither keyword is passed unless
+    the case needs it, and a case needs only what the implementation declares:
+    `features` (a subset of FEATURES: "gqa" num_kv_heads < num_heads, "seqlen_q_ne_k", "head_dim_v"
+    != head_dim, "softmax_scale") and `mask_kinds` (the kinds of `harness.masks` it applies);
+    `declared_reasons` says what a case needs beyond them, so an implementation that declares
+    nothing only ever sees equal shapes with a full or causal mask.
     `available(device)` answers for a device type ("cpu" or "cuda");
     `unsupported(case, device)` lists the reasons a given case cannot run (dtype, head_dim,
     divisibility), empty when it can.
@@ -80,6 +90,35 @@ class Impl:
     api: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
     # Hooks for running on P ranks (shard, gather, observe exchanges, ...); None: single device.
     distributed: DistributedHooks | None = None
+    features: frozenset[str] = frozenset()
+    mask_kinds: tuple[str, ...] = ("none", "causal")
+
+
+FEATURES: tuple[str, ...] = ("gqa", "seqlen_q_ne_k", "head_dim_v", "softmax_scale")
+
+
+def declared_reasons(impl: Impl, case: Any) -> list[str]:
+    """What an attention `case` needs beyond what `impl` declares (features, mask kinds)."""
+    if impl.workload != "attention" or getattr(case, "workload", "attention") != "attention":
+        return []
+    needs = {
+        "gqa": (case.kv_heads != case.num_heads,
+                f"GQA/MQA (num_kv_heads {case.kv_heads} < num_heads {case.num_heads})"),
+        "seqlen_q_ne_k": (case.sq != case.sk, f"seqlen_q {case.sq} != seqlen_k {case.sk}"),
+        "head_dim_v": (case.dim_v != case.head_dim,
+                       f"head_dim_v {case.dim_v} != head_dim {case.head_dim}"),
+        "softmax_scale": (case.softmax_scale is not None,
+                          f"softmax_scale {case.softmax_scale}"),
+    }  # fmt: skip
+    reasons = [f"{impl.name} does not support {what}"
+               for feature, (needed, what) in needs.items()
+               if needed and feature not in impl.features]  # fmt: skip
+    if case.mask.kind not in impl.mask_kinds:
+        reasons.append(f"{impl.name} does not support the {case.mask.kind} mask; it takes: "
+                       f"{', '.join(impl.mask_kinds)}")  # fmt: skip
+    elif case.mask.causal and "causal" not in impl.mask_kinds:
+        reasons.append(f"{impl.name} does not support causal masks")
+    return reasons
 
 
 class Registry:
