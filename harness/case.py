@@ -25,7 +25,7 @@ Phase = Literal["fwd", "bwd", "fwd_bwd"]
 SeqLayout = Literal["contiguous", "striped", "zigzag"]
 WorkloadName = Literal["attention", "layer"]
 # How the inputs are laid out in memory: separate contiguous tensors, views of one packed qkv
-# tensor (batch, seq, 3, heads, head_dim), or views with a strided last dim (..., head_dim, 3).
+# tensor (batch, seq, 3, heads, head_dim), or views with a strided last dim (..., head_dim, 2).
 InputLayout = Literal["contiguous", "packed_qkv", "strided_last"]
 
 DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16", "float64")

@@ -40,7 +40,7 @@ MaskKind = Literal["none", "causal", "causal_top_left", "sliding_window", "docum
                    "strided", "random_block", "block_sparse", "global_local"]  # fmt: skip
 MASK_KINDS: tuple[str, ...] = get_args(MaskKind)
 # The kinds whose parameters are tables indexed by position: they need 0 <= p < seqlen_k.
-_POSITION_TABLES = ("document", "random_block")
+POSITION_TABLE_KINDS: tuple[str, ...] = ("document", "random_block")
 # Which parameters each kind reads (the rest must stay unset).
 PARAMS: dict[str, tuple[str, ...]] = {
     "none": (), "causal": (), "causal_top_left": (), "sliding_window": ("window",),
@@ -185,7 +185,7 @@ class MaskSpec:
     def shape_reasons(self, seqlen_q: int, seqlen_k: int) -> list[str]:
         """Why this mask cannot apply to a (seqlen_q, seqlen_k) case (empty when it can)."""
         reasons = []
-        if self.kind in _POSITION_TABLES and seqlen_q > seqlen_k:
+        if self.kind in POSITION_TABLE_KINDS and seqlen_q > seqlen_k:
             reasons.append(f"mask {self.kind} needs seqlen_q <= seqlen_k (the queries are the "
                            f"keys' last positions); got {seqlen_q} > {seqlen_k}")  # fmt: skip
         if self.doc_lens is not None and sum(self.doc_lens) != seqlen_k:
@@ -295,7 +295,7 @@ def _mask_mod(spec: MaskSpec, seqlen_q: int, seqlen_k: int, device: str) -> ModF
         ok = base(p, kv_idx)
         if spec.causal:
             ok = ok & (kv_idx <= p)
-        return ok & (p >= 0) if kind in _POSITION_TABLES else ok
+        return ok & (p >= 0) if kind in POSITION_TABLE_KINDS else ok
 
     return mod
 

@@ -8,7 +8,10 @@ Schema history (`schema_version` on every record of a run directory):
     1  the first rows; the sequence sharding of distributed cases was called `layout`.
     2  `layout` renamed `seq_layout` (the tensor layout bshd/bhsd is the implementation's `layout`);
        rows may carry `mem_budget_bytes`, `grad_bytes` and the implementation's declared facts.
-Version-1 records are upgraded on read (`upgrade`); newer versions are refused.
+    3  shapes and masks: seqlen_q, seqlen_k, num_kv_heads, head_dim_v, softmax_scale, mask (the
+       kind) and mask_params, input_scale, input_layout; mask_density, bytes_moved, gbytes_per_s.
+Version-1 and -2 records are upgraded on read (`upgrade`: the new case fields take the values the
+old case meant); newer versions are refused.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from __future__ import annotations
 import math
 from typing import Any, Literal, TypedDict, get_args
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS: tuple[int, ...] = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_VERSIONS: tuple[int, ...] = (1, 2, 3)
 
 Status = Literal["ok", "skipped", "unsupported", "oom", "timeout", "error"]
 STATUSES: tuple[str, ...] = get_args(Status)
@@ -42,7 +45,9 @@ class Row(TypedDict, total=False):
 
     Identity and case (from `Case.to_dict`): schema_version, run_id, case, impl, label, phase,
     device, workload, batch, seq_len, num_heads, head_dim, block_size, dtype, causal, world_size,
-    seq_layout, hidden, ffn_expansion.
+    seq_layout, hidden, ffn_expansion, seqlen_q, seqlen_k, num_kv_heads, head_dim_v,
+    softmax_scale (None: 1/sqrt(head_dim)), mask (kind, harness/masks.py), mask_params,
+    input_scale, input_layout; mask_density (attended fraction of the Sq·Sk pairs).
     Outcome: status, reason (one line; for `error` also `traceback`), elapsed_s.
     Time: time_ms_median, time_ms_p20, time_ms_p80 (of `num_samples` samples; the raw samples go to
     samples.jsonl), flops (forward 4·B·H·Sq·Sk·D over attended pairs; backward 2.5×), tflops,
@@ -76,6 +81,16 @@ class Row(TypedDict, total=False):
     seq_layout: str
     hidden: int | None
     ffn_expansion: int
+    seqlen_q: int
+    seqlen_k: int
+    num_kv_heads: int
+    head_dim_v: int
+    softmax_scale: float | None
+    mask: str
+    mask_params: dict[str, Any]
+    input_scale: float
+    input_layout: str
+    mask_density: float
     status: Status
     reason: str
     traceback: str
@@ -88,6 +103,8 @@ class Row(TypedDict, total=False):
     flops: float
     tflops: float
     tokens_per_s: float
+    bytes_moved: float
+    gbytes_per_s: float
     input_bytes: int
     grad_bytes: int
     peak_mem_above_inputs_bytes: int | None
@@ -132,9 +149,20 @@ def upgrade(record: dict[str, Any]) -> dict[str, Any]:
     """A record of any readable schema version, in the current one (a new dict)."""
     version = record.get("schema_version")
     out = dict(record)
-    if version == 1:
-        if "layout" in out and "seq_layout" not in out:
-            out["seq_layout"] = out.pop("layout")
+    if version == 1 and "layout" in out and "seq_layout" not in out:
+        out["seq_layout"] = out.pop("layout")
+    if version in (1, 2):
+        # Before shapes and masks: square, equal heads, default scale, full or causal.
+        for new, old in (("seqlen_q", "seq_len"), ("seqlen_k", "seq_len"),
+                         ("num_kv_heads", "num_heads"), ("head_dim_v", "head_dim")):  # fmt: skip
+            if old in out:
+                out.setdefault(new, out[old])
+        if "causal" in out:
+            out.setdefault("mask", "causal" if out["causal"] else "none")
+            out.setdefault("mask_params", {"causal": False})
+        out.setdefault("softmax_scale", None)
+        out.setdefault("input_scale", 1.0)
+        out.setdefault("input_layout", "contiguous")
         out["schema_version"] = SCHEMA_VERSION
     return out
 

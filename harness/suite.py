@@ -26,6 +26,7 @@ import copy
 import itertools
 import math
 import reprlib
+import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -39,8 +40,9 @@ from pydantic import (
     model_validator,
 )
 
-from harness.case import Case, DType, Phase, SeqLayout, WorkloadName
+from harness.case import Case, DType, InputLayout, Phase, SeqLayout, WorkloadName
 from harness.errors import SuiteError, UnknownImplementation
+X
 from harness.yaml_safe import YamlInputError, one_line, read_yaml
 
 MAX_SIZE = 2**31 - 1
@@ -57,6 +59,8 @@ Size = Annotated[int, Field(gt=0, le=MAX_SIZE)]
 WorldSize = Annotated[int, Field(gt=0, le=MAX_WORLD_SIZE)]
 Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
 Repeats = Annotated[int, Field(gt=0, le=MAX_REPEATS)]
+Scale = Annotated[float, Field(gt=0, le=1e6)]
+MAX_DOCS = 1_000_000
 
 
 class _Strict(BaseModel):
@@ -72,8 +76,41 @@ def _each_once(values: list[Any]) -> list[Any]:
     return values
 
 
+class Mask(_Strict):
+    """A mask with parameters, as a sweep value (`harness.masks` defines each kind)."""
+
+    kind: MaskKind
+    causal: bool = False
+    window: (
+        tuple[Annotated[int, Field(ge=-1, le=MAX_SIZE)], Annotated[int, Field(ge=-1, le=MAX_SIZE)]]
+        | None
+    ) = None  # noqa: E501
+    doc_lens: tuple[Size, ...] | None = Field(default=None, min_length=1, max_length=MAX_DOCS)
+    num_docs: Size | None = None
+    prefix_len: Size | None = None
+    stride: Size | None = None
+    block: Size | None = None
+    density: float | None = Field(default=None, gt=0, le=1)
+    band: Annotated[int, Field(ge=0, le=MAX_SIZE)] | None = None
+    num_global: Size | None = None
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+
+    @model_validator(mode="after")
+    def _params_fit_kind(self) -> Mask:
+        self.spec().check_params()  # ValueError naming the parameter and what the kind takes
+        return self
+
+    def spec(self) -> MaskSpec:
+        return MaskSpec.from_dict(self.model_dump())
+
+
 class Sweep(_Strict):
-    """The axes; cases are their Cartesian product (phase is a row axis, not a case axis)."""
+    """The axes; cases are their Cartesian product (phase is a row axis, not a case axis).
+
+    `seq_len` is the shorthand for seqlen_q and seqlen_k; null in seqlen_q / seqlen_k /
+    num_kv_heads / head_dim_v means "as seq_len / num_heads / head_dim". A case's mask is `mask`
+    plus the causal constraint where `causal` is true (`harness.masks`).
+    """
 
     seq_len: list[Size] = Field(default=[1024], min_length=1)
     batch: list[Size] = Field(default=[1], min_length=1)
@@ -86,7 +123,23 @@ class Sweep(_Strict):
     seq_layout: list[SeqLayout] = Field(default=["contiguous"], min_length=1)
     hidden: list[Size | None] = Field(default=[None], min_length=1)
     ffn_expansion: list[Size] = Field(default=[4], min_length=1)
+    seqlen_q: list[Size | None] = Field(default=[None], min_length=1)
+    seqlen_k: list[Size | None] = Field(default=[None], min_length=1)
+    num_kv_heads: list[Size | None] = Field(default=[None], min_length=1)
+    head_dim_v: list[Size | None] = Field(default=[None], min_length=1)
+    softmax_scale: list[Scale | None] = Field(default=[None], min_length=1)
+    mask: list[Mask] = Field(default=[Mask(kind="none")], min_length=1)
+    input_scale: list[Scale] = Field(default=[1.0], min_length=1)
+    input_layout: list[InputLayout] = Field(default=["contiguous"], min_length=1)
     phase: list[Phase] = Field(default=["fwd"], min_length=1)
+
+    @field_validator("mask", mode="before")
+    @classmethod
+    def _kind_names(cls, values: Any) -> Any:
+        """A bare kind name (`causal`) is the mask of that kind with no parameters."""
+        if isinstance(values, list):
+            return [{"kind": v} if isinstance(v, str) else v for v in values]
+        return values
 
     @field_validator("*")
     @classmethod
@@ -96,10 +149,15 @@ class Sweep(_Strict):
     def num_cases(self) -> int:
         """The size of the Cartesian product of the case axes (phase aside), before duplicates
         (layouts at world_size 1) collapse: computed without expanding anything."""
-        axes = (self.batch, self.seq_len, self.num_heads, self.head_dim, self.hidden,
+        return math.prod(len(axis) for axis in self.case_axes())
+
+    def case_axes(self) -> tuple[list[Any], ...]:
+        """The case axes in expansion order (phase aside)."""
+        return (self.batch, self.seq_len, self.num_heads, self.head_dim, self.hidden,
                 self.ffn_expansion, self.dtype, self.causal, self.block_size, self.world_size,
-                self.seq_layout)  # fmt: skip
-        return math.prod(len(axis) for axis in axes)
+                self.seq_layout, self.seqlen_q, self.seqlen_k, self.num_kv_heads,
+                self.head_dim_v, self.softmax_scale, self.mask, self.input_scale,
+                self.input_layout)  # fmt: skip
 
 
 class Timing(_Strict):
@@ -195,22 +253,54 @@ class Suite(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _shapes_exist(self) -> Suite:
+        """Shapes that cannot exist fail the load, not the run (checked per axis pair, without
+        expanding the sweep: a profile-rich file must still load in a blink)."""
+        s = self.sweep
+        for heads, kv in itertools.product(s.num_heads, s.num_kv_heads):
+            if kv is not None and heads % kv:
+                raise ValueError(f"sweep.num_kv_heads: {kv} does not divide num_heads {heads}")
+        # only masks with position tables constrain the lengths (harness.masks.shape_reasons)
+        specs = [m.spec() for m in s.mask if m.kind in POSITION_TABLE_KINDS]
+        axes = itertools.product(s.seq_len, s.seqlen_q, s.seqlen_k) if specs else ()
+        lengths = {(sq or sk or seq, sk or seq) for seq, sq, sk in axes}
+        for spec, (sq, sk) in itertools.product(specs, lengths):
+            problems = spec.shape_reasons(sq, sk)
+            if problems:
+                raise ValueError(f"sweep.mask: {problems[0]} (seqlen_q {sq}, seqlen_k {sk}); a "
+                                 "length sweep of documents takes num_docs")  # fmt: skip
+        return self
+
     def cases(self) -> list[Case]:
         """The deterministic expansion: axes in declaration order, duplicates removed."""
-        s = self.sweep
+        try:
+            return self._expand()
+        except ValueError as exc:
+            raise _error(str(exc)) from None
+
+    def _expand(self) -> list[Case]:
         seen: dict[str, Case] = {}
-        for values in itertools.product(
-            s.batch, s.seq_len, s.num_heads, s.head_dim, s.hidden, s.ffn_expansion,
-            s.dtype, s.causal, s.block_size, s.world_size, s.seq_layout,
-        ):  # fmt: skip
-            batch, seq, heads, hd, hidden, ffn, dtype, causal, block, world, seq_layout = values
-            case = Case(
-                workload=self.workload, batch=batch, seq_len=seq, num_heads=heads,
-                head_dim=(hidden // heads if self.workload == "layer" and hidden else hd),
-                hidden=hidden if self.workload == "layer" else None,
-                ffn_expansion=ffn, dtype=dtype, causal=causal, block_size=block,
-                world_size=world, seq_layout=seq_layout if world > 1 else "contiguous",
-            )  # fmt: skip
+        for values in itertools.product(*self.sweep.case_axes()):
+            (batch, seq, heads, hd, hidden, ffn, dtype, causal, block, world, seq_layout, sq, sk,
+             kv_heads, hd_v, scale, mask, x_scale, in_layout) = values  # fmt: skip
+            try:
+                case = Case(
+                    workload=self.workload, batch=batch, seq_len=sk or seq, num_heads=heads,
+                    head_dim=(hidden // heads if self.workload == "layer" and hidden else hd),
+                    hidden=hidden if self.workload == "layer" else None,
+                    ffn_expansion=ffn, dtype=dtype, causal=causal, block_size=block,
+                    world_size=world, seq_layout=seq_layout if world > 1 else "contiguous",
+                    seqlen_q=sq, seqlen_k=sk, num_kv_heads=kv_heads, head_dim_v=hd_v,
+                    softmax_scale=scale, mask=mask.spec(), input_scale=x_scale,
+                    input_layout=in_layout,
+                )  # fmt: skip
+            except ValueError as exc:
+                raise ValueError(f"sweep: {exc}") from None
+            problems = case.mask.shape_reasons(case.sq, case.sk)
+            if problems:
+                raise ValueError(f"sweep.mask: {problems[0]} (case {case.name}); a length "
+                                 "sweep of documents takes num_docs")  # fmt: skip
             seen.setdefault(case.name, case)
         return list(seen.values())
 
@@ -245,6 +335,9 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None
         if field is None:
             return None
         sub = field.annotation
+        args = typing.get_args(sub)
+        if typing.get_origin(sub) is list and args:  # list[Mask]: the keys of its items
+            sub = args[0]
         if isinstance(sub, type) and issubclass(sub, BaseModel):
             model = sub
         else:
@@ -358,6 +451,17 @@ def check_suite(suite: Suite, where: str) -> None:
             f"{where}: compare.normalize_to: {ref!r} is not in implementations; "
             f"allowed: {', '.join(suite.implementations)}"
         )
+    if suite.workload == "layer":
+        s = suite.sweep
+        for key in ("seqlen_q", "seqlen_k", "num_kv_heads", "head_dim_v", "softmax_scale"):
+            if getattr(s, key) != [None]:
+                raise _error(f"{where}: sweep.{key}: the layer workload takes no {key}; "
+                             "allowed: null")  # fmt: skip
+        for key, default in (("mask", ["none"]), ("input_scale", [1.0]),
+                             ("input_layout", ["contiguous"])):  # fmt: skip
+            if getattr(s, key) != default:
+                raise _error(f"{where}: sweep.{key}: the layer workload takes {key} "
+                             f"{default[0]!r} only (the causal axis sets its mask)")  # fmt: skip
     if suite.workload == "layer" and None in suite.sweep.hidden:
         raise _error(f"{where}: sweep.hidden: the layer workload needs hidden sizes; got null")
     if suite.workload == "layer":

@@ -1,7 +1,9 @@
-"""Row fields derived from raw time samples: the summary, FLOPs, TFLOP/s and tokens/s.
+"""Row fields derived from raw time samples: the summary, FLOPs, TFLOP/s, tokens/s, bytes moved
+and the achieved bandwidth.
 
-FLOP convention (harness/measure/flops.py): forward 4·B·H·Sq·Sk·D over the attended pairs,
-backward 2.5× forward, a training step (fwd_bwd) 3.5×.
+FLOP convention (harness/measure/flops.py): forward 4·B·H·Sq·Sk·D over the attended pairs
+(2·B·H·pairs·(D + D_v) when head_dim_v differs), backward 2.5× forward, a training step (fwd_bwd)
+3.5×. Bytes: the compulsory traffic of Q, K, V, O (and dO, dQ, dK, dV backward).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.case import Case
-from harness.measure.flops import case_flops
+from harness.measure.flops import attention_bytes, case_flops
 from harness.measure.timing import summarize_ms
 
 
@@ -18,11 +20,16 @@ def time_fields(case: Case, phase: str, samples_ms: list[float]) -> dict[str, An
     summary = summarize_ms(samples_ms)
     seconds = summary["time_ms_median"] * 1e-3
     flops = case_flops(case, phase)
-    return {
+    fields = {
         **summary,
         "num_samples": len(samples_ms),
         "time_samples_ms": list(samples_ms),
         "flops": flops,
         "tflops": flops / seconds / 1e12,
-        "tokens_per_s": case.batch * case.seq_len / seconds,
+        "tokens_per_s": case.batch * case.sq / seconds,
     }
+    if case.workload == "attention":
+        moved = attention_bytes(case, phase)
+        fields["bytes_moved"] = moved
+        fields["gbytes_per_s"] = moved / seconds / 1e9
+    return fields

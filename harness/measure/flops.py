@@ -1,12 +1,20 @@
-"""FLOP counts (ANCHORS.md conventions).
+"""FLOPs and bytes moved (the conventions of the harness's sources and FlashAttention papers).
 
-Attention forward: 4·B·H·Sq·Sk·D for full attention (two matmuls of 2·Sq·Sk·D each). Causal counts
-the exact number of attended (query, key) pairs, S·(S+1)/2 per head for Sq == Sk (the headline
-convention of FlashAttention papers halves instead; the difference is one diagonal).
+Attention forward: 2·B·H·pairs·D for q·kᵀ plus 2·B·H·pairs·D_v for p·v, where `pairs` is the
+number of attended (query, key) pairs of the case's mask (`harness.masks.MaskSpec.attended_pairs`;
+Sq·Sk for a full mask, exactly S·(S+1)/2 for square causal — the headline convention of the
+FlashAttention papers halves instead; the difference is one diagonal). With D_v = D that is the
+usual 4·B·H·Sq·Sk·D over attended pairs. GQA does not change FLOPs (every query head attends).
 Backward = 2.5 × forward; fwd_bwd = 3.5 × forward (attention recomputes its probabilities).
 Layers add the dense matmuls, 2 FLOPs per weight per token forward and twice that backward (input
 and weight gradients), so their backward factor is 2, not 2.5; LayerNorm, GELU and residuals are
 not counted (elementwise).
+
+Bytes moved: the compulsory traffic of an IO-aware kernel (FlashAttention, arXiv 2205.14135):
+each tensor read or written once. Forward reads Q, K, V and writes O; backward reads Q, K, V, O,
+dO (and the per-row lse, negligible) and writes dQ, dK, dV; fwd_bwd is their sum. K and V count
+num_kv_heads (the saving of GQA); no mask changes them (a kernel still streams every unmasked
+block). Bytes of the input dtype.
 """
 
 from __future__ import annotations
@@ -15,20 +23,40 @@ from harness.case import Case
 
 PHASE_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5}
 DENSE_PHASE_FACTOR = {"fwd": 1.0, "bwd": 2.0, "fwd_bwd": 3.0}
+_ELEMENT_BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
 
 
 def attended_pairs(seq_len: int, causal: bool) -> int:
+    """Pairs of a square full or causal mask (the layer workload's)."""
     return seq_len * (seq_len + 1) // 2 if causal else seq_len * seq_len
 
 
+def case_pairs(case: Case) -> int:
+    """Attended (query, key) pairs of one (batch, head) of the case."""
+    if case.workload == "layer":
+        return attended_pairs(case.seq_len, case.causal)
+    return case.mask.attended_pairs(case.sq, case.sk)
+
+
+def mask_density(case: Case) -> float:
+    """The attended fraction of the Sq·Sk pairs."""
+    return case_pairs(case) / (case.sq * case.sk)
+
+
 def attention_fwd_flops(case: Case) -> float:
-    return (
-        4.0
-        * case.batch
-        * case.num_heads
-        * attended_pairs(case.seq_len, case.causal)
-        * (case.head_dim)
-    )
+    return 2.0 * case.batch * case.num_heads * case_pairs(case) * (case.head_dim + case.dim_v)
+
+
+def attention_bytes(case: Case, phase: str) -> float:
+    """Compulsory bytes moved by an attention phase (see the module docstring)."""
+    e = _ELEMENT_BYTES[case.dtype]
+    q = case.batch * case.sq * case.num_heads * case.head_dim
+    k = case.batch * case.sk * case.kv_heads * case.head_dim
+    v = case.batch * case.sk * case.kv_heads * case.dim_v
+    o = case.batch * case.sq * case.num_heads * case.dim_v
+    fwd = q + k + v + o
+    bwd = (q + k + v + o + o) + (q + k + v)  # read q, k, v, o, dO; write dQ, dK, dV
+    return float(e * {"fwd": fwd, "bwd": bwd, "fwd_bwd": fwd + bwd}[phase])
 
 
 def layer_dense_fwd_flops(case: Case) -> float:

@@ -345,7 +345,7 @@ def sxs_estimate_bytes(task: Task) -> int:
     case = task.case
     element = torch.empty((), dtype=case.torch_dtype).element_size()
     copies = 1 if task.phase == "fwd" else 3
-    return case.batch * case.num_heads * case.seq_len * case.seq_len * element * copies
+    return case.batch * case.num_heads * case.sq * case.sk * element * copies
 
 
 def preflight_reason(task: Task, budget: int | None, source: str) -> str | None:
@@ -356,6 +356,6 @@ def preflight_reason(task: Task, budget: int | None, source: str) -> str | None:
     if budget is None or estimate <= budget:
         return None
     case = task.case
-    return (f"pre-flight estimate: S×S scores {case.batch}·{case.num_heads}·{case.seq_len}²"
+    return (f"pre-flight estimate: S×S scores {case.batch}·{case.num_heads}·{case.sq}·{case.sk}"
             f" {case.dtype} ({task.phase}) = {estimate / 2**20:.1f} MiB is above the memory "
             f"budget {budget / 2**20:.1f} MiB ({source}); not run")  # fmt: skip

@@ -61,13 +61,15 @@ def classify(exc: BaseException) -> tuple[Status, str]:
 
 def check_runnable(task: Task) -> None:
     """Raise `Unavailable` / `Unsupported` with the reasons when the task cannot run here."""
-    from harness.registry import REGISTRY
+    from harness.registry import REGISTRY, declared_reasons
 
     impl = REGISTRY.get(task.impl)
     availability = impl.available(task.device)
     if not availability.ok:
         raise Unavailable(task.impl, availability.reason)
-    reasons = list(impl.unsupported(task.case, task.device))
+    # What the case needs beyond the implementation's declared features comes first: its own
+    # `unsupported` may assume the classic shapes.
+    reasons = declared_reasons(impl, task.case) or list(impl.unsupported(task.case, task.device))
     if task.phase != "fwd" and not impl.supports_backward:
         reasons.append("no backward pass")
     if task.case.world_size > 1 and impl.distributed is None:
