@@ -42,7 +42,7 @@ from pydantic import (
 
 from harness.case import Case, DType, InputLayout, Phase, SeqLayout, WorkloadName
 from harness.errors import SuiteError, UnknownImplementation
-X
+from harness.masks import POSITION_TABLE_KINDS, MaskKind, MaskSpec
 from harness.yaml_safe import YamlInputError, one_line, read_yaml
 
 MAX_SIZE = 2**31 - 1
