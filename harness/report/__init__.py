@@ -9,7 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.report import accuracy, adopted, blocks, comparison, memory, scaling, throughput
+from harness.report import (
+    accuracy,
+    adopted,
+    blocks,
+    comparison,
+    memory,
+    patterns,
+    scaling,
+    shapes,
+    throughput,
+)
 from harness.report.data import ReportData, load_report_data
 from harness.report.header import header_html
 from harness.report.page import render_page
@@ -22,6 +32,8 @@ for _key, _module in (
     ("memory", memory),
     ("accuracy", accuracy),
     ("block_size", blocks),
+    ("shapes", shapes),
+    ("patterns", patterns),
     ("scaling", scaling),
     ("comparison", comparison),
 ):

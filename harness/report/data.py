@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 
 # Case axes in the order a reader thinks about them; the ones that vary name a line.
 AXES: tuple[str, ...] = (
-    "workload", "batch", "seq_len", "num_heads", "head_dim", "hidden", "block_size", "dtype",
-    "causal", "world_size", "seq_layout",
+    "workload", "batch", "seq_len", "seqlen_q", "seqlen_k", "num_heads", "num_kv_heads",
+    "head_dim", "head_dim_v", "hidden", "block_size", "dtype", "causal", "mask_label",
+    "softmax_scale", "input_scale", "input_layout", "world_size", "seq_layout",
 )  # fmt: skip
 
 COLUMNS: tuple[str, ...] = (
@@ -33,7 +34,8 @@ COLUMNS: tuple[str, ...] = (
     "time_ms_median", "time_ms_p20", "time_ms_p80", "num_samples", "flops", "tflops",
     "tokens_per_s", "peak_mem_bytes", "peak_mem_above_inputs_bytes", "peak_mem_bytes_per_rank",
     "input_bytes", "model_peak_mem_bytes", "err_rel_l2", "err_max_abs",
-    "err_naive_same_dtype_rel_l2", "memory_exponent", "uses_block_size",
+    "err_naive_same_dtype_rel_l2", "memory_exponent", "uses_block_size", "mask", "mask_params",
+    "mask_density", "bytes_moved", "gbytes_per_s",
 )  # fmt: skip
 NAN_FIELDS = "nan_fields"  # per row: the fields the row itself held as NaN (not missing ones)
 
@@ -72,12 +74,43 @@ def normalize(frame: pd.DataFrame) -> pd.DataFrame:
     frame["dtype"] = frame["dtype"].fillna("unknown").astype(str)
     frame["causal"] = frame["causal"].fillna(False).astype(bool)
     frame["world_size"] = pd.to_numeric(frame["world_size"], errors="coerce").fillna(1).astype(int)
+    _shape_defaults(frame)
     numeric = [c for c in COLUMNS if c.startswith(("time_", "err_", "peak_mem_b", "tflops"))]
     for col in [*numeric, "tokens_per_s", "flops", "seq_len", "block_size", "num_samples",
                 "peak_mem_above_inputs_bytes", "input_bytes", "model_peak_mem_bytes"]:  # fmt: skip
         if col != "peak_mem_bytes_per_rank":
             frame[col] = pd.to_numeric(frame[col], errors="coerce")
     return frame
+
+
+def mask_label(kind: Any, params: Any) -> str:
+    """`causal`, `full`, or the kind with its parameters: `sliding_window(window=16,0)`."""
+    if not isinstance(kind, str) or not kind:
+        return ""
+    params = params if isinstance(params, dict) else {}
+    causal = bool(params.get("causal"))
+    if kind == "none":
+        return "causal" if causal else "full"
+    args = [f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in params.items() if k != "causal"]  # fmt: skip
+    return f"{kind}({', '.join(args)})" + (" causal" if causal else "")
+
+
+def _shape_defaults(frame: pd.DataFrame) -> None:
+    """Rows of other tools (or empty frames) get the values the case meant: Sq = Sk = seq_len,
+    kv heads = heads, head_dim_v = head_dim, the mask its causal flag says."""
+    for new, old in (("seqlen_q", "seq_len"), ("seqlen_k", "seq_len"),
+                     ("num_kv_heads", "num_heads"), ("head_dim_v", "head_dim")):  # fmt: skip
+        frame[new] = frame[new].where(frame[new].notna(), frame[old])
+    labels = [mask_label(k, p) if isinstance(k, str) else ("causal" if c else "full")
+              for k, p, c in zip(frame["mask"], frame["mask_params"], frame["causal"],
+                                 strict=True)]  # fmt: skip
+    frame["mask_label"] = pd.Series(labels, index=frame.index, dtype=object)
+    frame["softmax_scale"] = frame["softmax_scale"].fillna("default")
+    frame["input_scale"] = pd.to_numeric(frame["input_scale"], errors="coerce").fillna(1.0)
+    frame["input_layout"] = frame["input_layout"].fillna("contiguous").astype(str)
+    for col in ("mask_density", "bytes_moved", "gbytes_per_s"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce")
 
 
 def _nan_fields(record: dict[str, Any]) -> tuple[str, ...]:

@@ -102,6 +102,6 @@ build = figure_section(
     "Throughput",
     throughput_figure,
     "Higher is better. Shaded bands span the p20–p80 of the timing samples. FLOPs "
-    "follow ANCHORS.md: 4·B·H·Sq·Sk·D forward, causal counts attended pairs; "
-    "backward 2.5×, forward+backward 3.5×.",
+    "follow harness/measure/flops.py: 4·B·H·Sq·Sk·D forward over the pairs the mask attends "
+    "(2·B·H·pairs·(D + D_v) when head_dim_v differs); backward 2.5×, forward+backward 3.5×.",
 )

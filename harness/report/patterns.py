@@ -1,0 +1,98 @@
+"""Sparse patterns: time relative to dense causal attention against the density of the mask.
+
+For every implementation, phase and case shape, each mask's median time is divided by that of the
+dense causal mask of the same shape (full attention where no causal row exists), and its density
+(attended fraction of the Sq·Sk pairs, `mask_density`) likewise. A kernel whose cost is in
+proportion to the pairs it attends lies on the dashed diagonal (the density-proportional ideal);
+above it, the mask costs more than its density says (masks evaluated per element, partial
+blocks); a kernel that ignores the mask's sparsity stays near 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from harness.report.common import (
+    FigureSpec,
+    case_text,
+    finite,
+    floats,
+    grouped,
+    impl_colors,
+    phase_options,
+    slice_options,
+    template,
+    with_lines_and_slices,
+)  # fmt: skip
+from harness.report.sections import figure_section
+
+PLOTTED = ("mask_label", "causal", "phase")
+
+
+def relative_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """ok single-device rows with `rel_time` and `rel_density` against their reference mask."""
+    sel = rows[(rows["status"] == "ok") & (rows["world_size"] == 1)]
+    sel = sel[finite(sel["time_ms_median"]) & finite(sel["mask_density"])]
+    if sel.empty or sel["mask_label"].nunique() < 2:
+        return sel.iloc[0:0]
+    others = [c for c in ("impl", "phase", "run_id", "workload", "batch", "seqlen_q", "seqlen_k",
+                          "num_heads", "num_kv_heads", "head_dim", "head_dim_v", "dtype",
+                          "block_size", "softmax_scale", "input_scale", "input_layout")
+              if c in sel.columns]  # fmt: skip
+    keys = sel[others].astype(str).agg("|".join, axis=1)
+    out = []
+    for _, g in sel.groupby(keys, sort=False):
+        ref = g[g["mask_label"] == "causal"]
+        ref = ref if not ref.empty else g[g["mask_label"] == "full"]
+        if ref.empty or len(g) < 2:
+            continue
+        base = ref.iloc[0]
+        out.append(g.assign(rel_time=g["time_ms_median"] / base["time_ms_median"],
+                            rel_density=g["mask_density"] / base["mask_density"],
+                            ref_mask=base["mask_label"]))  # fmt: skip
+    return pd.concat(out) if out else sel.iloc[0:0]
+
+
+def patterns_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
+    rel = relative_rows(rows)
+    if rel.empty:
+        return None
+    rel, slice_axes = with_lines_and_slices(rel, (*PLOTTED, "seq_len"))
+    rel = rel.assign(text=case_text(rel) + "<br>mask: " + rel["mask_label"].astype(str))
+    colors = impl_colors(rows["impl"].tolist())
+    spec = FigureSpec("Masks: time vs density, relative to dense causal", 460)
+    spec.grid([["time ÷ dense-causal time"]], xlog=False, ylog=False,
+              xtitle="density ÷ dense-causal density")  # fmt: skip
+    top = float(max(rel["rel_density"].max(), rel["rel_time"].max(), 1.0)) * 1.05
+    for (phase, slice_), _ in grouped(rel, ["phase", "slice"], ["impl"]):
+        spec.add({"x": [0, top], "y": [0, top], "mode": "lines", "name": "ideal (∝ density)",
+                  "line": {"color": "#999", "dash": "dash", "width": 1}, "hoverinfo": "skip"},
+                 role="ideal", controls={"phase": phase, "slice": slice_},
+                 legend_key="ideal")  # fmt: skip
+    columns = ["rel_density", "rel_time", "text", "time_ms_median", "mask_density"]
+    for (phase, slice_, impl, seq), g in grouped(rel, ["phase", "slice", "impl", "seq_len"],
+                                                 columns):  # fmt: skip
+        name = f"{impl} S={int(seq)}" if rel["seq_len"].nunique() > 1 else impl
+        spec.add({
+            "x": floats(g["rel_density"]), "y": floats(g["rel_time"]), "mode": "markers",
+            "name": name, "marker": {"size": 9, "color": colors.get(impl, "#333")},
+            "text": list(g["text"]), "customdata": floats(g["time_ms_median"]),
+            "hovertemplate": template(f"{name} · {phase}", [
+                ("time ÷ causal", "%{y:.3g}"), ("density ÷ causal", "%{x:.3g}"),
+                ("time (ms)", "%{customdata:.4g}")]),
+        }, controls={"phase": phase, "slice": slice_}, legend_key=name)  # fmt: skip
+    spec.control("phase", "phase", phase_options(rel))
+    spec.control("slice", " · ".join(slice_axes), slice_options(rel))
+    return spec.to_dict()
+
+
+build = figure_section(
+    "patterns",
+    "Masks and sparse patterns",
+    patterns_figure,
+    "Each point is one mask: its time and density divided by those of dense causal attention "
+    "of the same shape (full attention where the run has no causal row). On the dashed line a "
+    "kernel's cost is proportional to the pairs it attends; hover for the mask's parameters.",
+)
