@@ -93,7 +93,8 @@ def mask_label(kind: Any, params: Any) -> str:
         return "causal" if causal else "full"
     args = [f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in params.items() if k != "causal"]  # fmt: skip
-    return f"{kind}({', '.join(args)})" + (" causal" if causal else "")
+    text = f"{kind}({', '.join(args)})" if args else kind
+    return text + (" causal" if causal else "")
 
 
 def _shape_defaults(frame: pd.DataFrame) -> None:

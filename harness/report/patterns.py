@@ -41,7 +41,9 @@ def relative_rows(rows: pd.DataFrame) -> pd.DataFrame:
                           "num_heads", "num_kv_heads", "head_dim", "head_dim_v", "dtype",
                           "block_size", "softmax_scale", "input_scale", "input_layout")
               if c in sel.columns]  # fmt: skip
-    keys = sel[others].astype(str).agg("|".join, axis=1)
+    # str() of each value: pandas' astype(str) keeps missing values missing (pandas 3)
+    keys = pd.Series(["|".join(map(str, t)) for t in sel[others].itertuples(index=False)],
+                     index=sel.index)  # fmt: skip
     out = []
     for _, g in sel.groupby(keys, sort=False):
         ref = g[g["mask_label"] == "causal"]
