@@ -13,7 +13,20 @@ from harness.cli.console import FORMATS, check_choice, fail, out, say, write_rec
 from harness.errors import HarnessError
 from harness.results import check_output_paths, write_text_atomic
 
-LIST_COLUMNS = ("name", "label", "workload", "layout", "distributed", "status", "reason")
+LIST_COLUMNS = ("name", "label", "workload", "layout", "distributed", "takes", "status", "reason")
+_SHORT = {"gqa": "GQA", "seqlen_q_ne_k": "Sq≠Sk", "head_dim_v": "Dv≠D", "softmax_scale": "scale"}
+
+
+def _takes(impl) -> str:  # noqa: ANN001 - an Impl
+    """The shapes and masks an attention implementation declares, in a few words."""
+    if impl.workload != "attention":
+        return ""
+    from harness.masks import MASK_KINDS
+
+    feats = " ".join(_SHORT.get(f, f) for f in sorted(impl.features)) or "equal shapes"
+    kinds = "all masks" if set(MASK_KINDS) <= set(impl.mask_kinds) else \
+        "masks: " + ", ".join(impl.mask_kinds)  # fmt: skip
+    return f"{feats}; {kinds}"
 
 
 @app.command("list")
@@ -33,10 +46,11 @@ def list_impls(
         status = "available" if av.ok else "skipped"
         records.append({"name": impl.name, "label": impl.label, "workload": impl.workload,
                         "layout": impl.layout, "distributed": impl.needs_process_group,
-                        "status": status, "reason": av.reason})  # fmt: skip
+                        "takes": _takes(impl), "status": status,
+                        "reason": av.reason})  # fmt: skip
     for name, problem in REGISTRY.plugin_errors.items():
         records.append({"name": name, "label": "", "workload": "", "layout": "",
-                        "distributed": None, "status": "broken plugin",
+                        "distributed": None, "takes": "", "status": "broken plugin",
                         "reason": problem})  # fmt: skip
     if format_ != "table":
         write_records(records, LIST_COLUMNS, format_)

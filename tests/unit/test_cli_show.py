@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from harness.cli import app
 from harness.cli.show_table import SHOWN, columns_for, fixed, render, sci
 from harness.results import RunDir
+from harness.rows import SCHEMA_VERSION
 from tests.helpers.synthetic_runs import MARKUP_REASON, failed_row, make_run, ok_row
 
 REPO = Path(__file__).parents[2]
@@ -106,7 +107,7 @@ def test_show_all_lists_every_field_within_the_width(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert max(len(line) for line in proc.stdout.splitlines()) <= 100
     assert "peak_mem_bytes=41.0 GiB" in proc.stdout and "e+" not in proc.stdout
-    assert "num_samples=5" in proc.stdout and "schema_version=2" in proc.stdout
+    assert "num_samples=5" in proc.stdout and f"schema_version={SCHEMA_VERSION}" in proc.stdout
 
 
 @pytest.mark.parametrize(
@@ -178,7 +179,9 @@ def test_list_formats(monkeypatch):
     assert records["naive"]["status"] == "available" and records["naive"]["distributed"] is False
     assert records["ring"]["distributed"] is True
     assert set(records["naive"]) == {"name", "label", "workload", "layout", "distributed",
-                                     "status", "reason"}  # fmt: skip
+                                     "takes", "status", "reason"}  # fmt: skip
+    assert records["naive"]["takes"] == "GQA Dv≠D Sq≠Sk scale; all masks"
+    assert records["ring"]["takes"] == "equal shapes; masks: none, causal"
     res = runner.invoke(app, ["list", "--format", "csv"])
     assert res.exit_code == 0, res.output
     by_name = {r["name"]: r for r in csv.DictReader(io.StringIO(res.stdout))}
