@@ -457,9 +457,11 @@ def check_suite(suite: Suite, where: str) -> None:
             if getattr(s, key) != [None]:
                 raise _error(f"{where}: sweep.{key}: the layer workload takes no {key}; "
                              "allowed: null")  # fmt: skip
-        for key, default in (("mask", ["none"]), ("input_scale", [1.0]),
+        given = {"mask": [m.spec().slug for m in s.mask], "input_scale": s.input_scale,
+                 "input_layout": s.input_layout}  # fmt: skip
+        for key, default in (("mask", ["full"]), ("input_scale", [1.0]),
                              ("input_layout", ["contiguous"])):  # fmt: skip
-            if getattr(s, key) != default:
+            if given[key] != default:
                 raise _error(f"{where}: sweep.{key}: the layer workload takes {key} "
                              f"{default[0]!r} only (the causal axis sets its mask)")  # fmt: skip
     if suite.workload == "layer" and None in suite.sweep.hidden:

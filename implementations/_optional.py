@@ -2,7 +2,7 @@
 
 Each check returns "" when all is well, else one sentence for `Availability.no`. Imports happen
 only when a check runs (never at module import), so a missing or broken package never breaks the
-registry.
+registry. The mask helpers at the end are shared by the flash-attn and xformers adapters.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import importlib
 from types import ModuleType
 
 import torch
+
+from harness.masks import MaskSpec
 
 
 def _first_line(exc: BaseException) -> str:
@@ -65,3 +67,26 @@ def low_precision_reasons(case_dtype: str, head_dim: int, *, max_head_dim: int,
         multiple = f"a multiple of {head_dim_multiple} " if head_dim_multiple > 1 else ""
         reasons.append(f"{what} needs head_dim {multiple}up to {max_head_dim}; got {head_dim}")
     return reasons
+
+
+def fa2_window_differs(left: int, right: int, seqlen_q: int, seqlen_k: int) -> bool:
+    """Whether FlashAttention-2 runs another mask than `p - left <= kv <= p + right` (-1 unbounded,
+    p = i + seqlen_k - seqlen_q) for this window_size.
+
+    FA2's `mha_fwd` / `mha_varlen_fwd` (csrc/flash_attn/flash_api.cpp) first set a side >= seqlen_k
+    to -1, then `set_params_fprop` turns a -1 right side into seqlen_k when the left side is
+    bounded; the right bound p + seqlen_k stops short of the last key for the query rows with
+    p < -1, which exist only when seqlen_q > seqlen_k + 1. The left side is always exact, and so
+    is FlashAttention-3 (hopper/flash_api.cpp clamps at seqlen_k - 1 / seqlen_q - 1 instead).
+    """
+    if seqlen_q <= seqlen_k + 1 or 0 <= right < seqlen_k:
+        return False
+    if left < 0 or left >= seqlen_k:  # both sides unbounded for FA2: no mask at all
+        return 0 <= right < seqlen_q - 1
+    return right != seqlen_k
+
+
+def effective_window(mask: MaskSpec) -> tuple[int, int]:
+    """A sliding_window mask's (left, right), -1 unbounded, with its causal flag folded in."""
+    left, right = mask.window or (-1, -1)
+    return (left, 0) if mask.causal else (left, right)

@@ -1,10 +1,18 @@
 """torch FlexAttention (`torch.nn.attention.flex_attention`), compiled with torch.compile.
 
 Compiled, flex generates a fused kernel (Triton on CUDA, C++ templates on CPU); eager flex
-materializes the S×S scores, so only the compiled path is measured. Causal is a block mask
-(`create_block_mask` with q_idx >= kv_idx, aligned top-left like SDPA), built once per case and
-kept beside the compiled graph, so neither mask building nor compilation is timed (the harness's
-untimed check call pays for both). Layout: q_bhsd, k_bhsd, v_bhsd -> out_bhsd.
+materializes the S×S scores, so only the compiled path is measured. Layout: q_bhsd (B, Hq, Sq, D),
+k_bhsd (B, Hkv, Sk, D), v_bhsd (B, Hkv, Sk, Dv) -> out_bhsd (B, Hq, Sq, Dv).
+
+Masks: every kind of `harness.masks`, as a block mask (`create_block_mask(mask_mod, None, None,
+Sq, Sk)`): causal is `q_idx + (Sk - Sq) >= kv_idx` (bottom-right aligned, like flash-attn), every
+other kind the `MaskSpec.mask_mod(Sq, Sk)` predicate itself (document and random_block index small
+tables that the mask_mod captures; compiled flex lifts them as inputs), the full mask no block mask.
+The block mask is built once per case and kept beside the compiled graph, so neither mask building
+nor compilation is timed (the harness's untimed check call pays for both). A query row with no
+allowed key (Sq > Sk under causal) gives 0. GQA/MQA is flex's `enable_gqa=True` (query head h uses
+kv head h // (Hq // Hkv)), `softmax_scale` its `scale=`; Dv != D and Sq != Sk are native (all
+checked on CPU in tests/unit/test_dense_masks.py).
 
 Compilation is static-shape and full-graph, and dynamo's caches are reset whenever the case
 changes: dynamo's recompile limit (8 per function) would otherwise stop compiling after a few cases
@@ -26,14 +34,29 @@ from typing import Any
 import torch
 
 from harness.case import Case
+from harness.masks import MASK_KINDS, MaskSpec
 from harness.registry import Availability, Impl, register
 
 _CPU_DTYPES = ("float32", "float16", "bfloat16")
 _state: dict[str, Any] = {"key": None, "fn": None, "mask": None}
 
 
-def _causal(b, h, q_idx, kv_idx):  # noqa: ANN001 - flex's mask_mod signature
-    return q_idx >= kv_idx
+def _causal(offset: int) -> Callable[..., Any]:
+    """Bottom-right causal: query row i sits at position i + offset, offset = Sk - Sq."""
+
+    def causal(b, h, q_idx, kv_idx):  # noqa: ANN001 - flex's mask_mod signature
+        return q_idx + offset >= kv_idx
+
+    return causal
+
+
+def _mask_mod(spec: MaskSpec, sq: int, sk: int, device: torch.device) -> Callable[..., Any] | None:
+    """The mask_mod of `spec` (None for the full mask: flex then needs no block mask)."""
+    if spec.kind == "none":
+        return None
+    if spec.kind == "causal":
+        return _causal(sk - sq)
+    return spec.mask_mod(sq, sk, device)
 
 
 def _available(device: str) -> Availability:
@@ -69,13 +92,13 @@ def _limits(case: Case, device: str) -> list[str]:
     return []
 
 
-def _prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-             causal: bool) -> tuple[Callable[..., Any], Any]:  # fmt: skip
+def _prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec,
+             scale: float | None) -> tuple[Callable[..., Any], Any]:  # fmt: skip
     """The compiled kernel and block mask of this case, made (once) on its first call."""
     from torch.nn.attention import flex_attention as flex
 
-    key = (tuple(q.shape), tuple(k.shape), tuple(t.stride() for t in (q, k, v)), q.dtype, q.device,
-           causal, q.requires_grad)  # fmt: skip
+    key = (tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(t.stride() for t in (q, k, v)),
+           q.dtype, q.device, spec, scale, q.requires_grad)  # fmt: skip
     if _state["key"] != key:
         # Inside torch.compile torch's own input checks (no backward on CPU) surface as an opaque
         # dynamo error; run them eagerly first so their NotImplementedError reaches the harness.
@@ -84,24 +107,30 @@ def _prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             validate(q, k, v)
         torch.compiler.reset()
         mask = None
-        if causal:
+        sq, sk = q.shape[-2], k.shape[-2]
+        mask_mod = _mask_mod(spec, sq, sk, q.device)
+        if mask_mod is not None:
             # Eager mask building materializes S×S booleans (17 GB at 128k); compiled, it doesn't.
             # On CPU the extra compile costs more than the small masks of CPU-sized cases.
             make = flex.create_block_mask
             make = torch.compile(make) if q.device.type == "cuda" else make
-            mask = make(_causal, None, None, q.shape[-2], k.shape[-2], device=q.device)
+            mask = make(mask_mod, None, None, sq, sk, device=q.device)
         fn = torch.compile(flex.flex_attention, dynamic=False, fullgraph=True)
         _state.update(key=key, fn=fn, mask=mask)
     return _state["fn"], _state["mask"]
 
 
 def flex_forward(q_bhsd: torch.Tensor, k_bhsd: torch.Tensor, v_bhsd: torch.Tensor, *,
-                 causal: bool, block_size: int | None = None) -> torch.Tensor:  # fmt: skip
-    fn, mask = _prepare(q_bhsd, k_bhsd, v_bhsd, causal)
-    return fn(q_bhsd, k_bhsd, v_bhsd, block_mask=mask)
+                 causal: bool, block_size: int | None = None, mask: MaskSpec | None = None,
+                 softmax_scale: float | None = None) -> torch.Tensor:  # fmt: skip
+    spec = (mask or MaskSpec()).with_causal(causal)
+    fn, block_mask = _prepare(q_bhsd, k_bhsd, v_bhsd, spec, softmax_scale)
+    gqa = k_bhsd.shape[-3] != q_bhsd.shape[-3]
+    return fn(q_bhsd, k_bhsd, v_bhsd, block_mask=block_mask, scale=softmax_scale, enable_gqa=gqa)
 
 
 FLEX = register(Impl(name="flex", label="FlexAttention (compiled)", forward=flex_forward,
                      layout="bhsd", available=_available, unsupported=_limits,
-                     tags=("torch", "compiled", "causal-top-left"),
-                     memory_exponent=1))  # fmt: skip
+                     tags=("torch", "compiled"), memory_exponent=1,
+                     features=frozenset({"gqa", "seqlen_q_ne_k", "head_dim_v", "softmax_scale"}),
+                     mask_kinds=MASK_KINDS))  # fmt: skip

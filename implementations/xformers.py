@@ -5,9 +5,31 @@
 own CUTLASS kernel after Rabe & Staats, arXiv 2112.05682; flash / flash3: FlashAttention-2 / -3
 as built into xformers; ck: AMD Composable Kernel, ROCm only). Per-case reasons are xformers' own
 (`not_supported_reasons` of the op, or the dispatcher's refusal), asked on small tensors with the
-case's batch, heads, head_dim and dtype; a reason that depends on the sequence length appears
-when the kernel runs. Layout: q_bshd, k_bshd, v_bshd -> out_bshd ([B, M, H, K] in xformers).
-Causal: `LowerTriangularMask`, aligned top-left like SDPA (equal to bottom-right when Sq == Sk).
+case's batch, heads, head dims, dtype, scale and the very bias and 5-D / folded layout of the call
+(`_call_inputs` builds both), the sequence lengths shrunk to at most 257 with their order kept (Sq
+<, == or > Sk); a reason that depends on the sequence length itself appears when the kernel runs.
+Layout: q_bshd, k_bshd, v_bshd -> out_bshd ([B, M, H, K] in xformers).
+
+What each call passes (xformers.ops.fmha.attn_bias; `scale=` the case's softmax_scale):
+- causal=True: `LowerTriangularFromBottomRightMask` (bottom-right, as the harness);
+  causal_top_left: `LowerTriangularMask` (top-left; xformers' flash refuses it when Sq != Sk).
+- sliding_window (left, right), inclusive around p = i + Sk - Sq, -1 unbounded: right = 0 (or
+  the mask's causal flag) is `LowerTriangularFromBottomRightMask().make_local_attention(left + 1)`
+  (keys p - left .. p; cutlass and flash take it), any other window
+  `LocalAttentionFromBottomRightMask(window_left, window_right)` (p - left <= k <= p + right;
+  flash, flash3, ck), an unbounded side as max(Sq, Sk), which reaches every key. xformers' flash
+  hands that window to FlashAttention-2, whose clamp differs when Sq > Sk + 1
+  (`_optional.fa2_window_differs`): a reason for `xformers` and `xformers_flash` there.
+- document: `BlockDiagonalMask.from_seqlens` (`.make_causal()` with the causal flag) over the
+  documents of every batch row in order, the batch folded into one sequence (block-diagonal
+  biases need B = 1: q, k, v become (1, B·S, ...)); Sq == Sk only.
+- GQA/MQA: xformers' 5-D [B, M, G, H, K] inputs, G = num_kv_heads groups of H = num_heads /
+  num_kv_heads query heads; k, v are `expand`ed along H (stride 0, no copy), as xformers' own
+  GQA example. xformers documents GQA as forward-only: its backward ops refuse 5-D inputs, so a
+  GQA fwd_bwd row is an `error` with xformers' message.
+- head_dim_v != head_dim goes through; the ops that cannot (flash) say so in the probe.
+- Every other kind (prefix_lm, strided, random_block, block_sparse, global_local): a reason;
+  xformers has no such bias (FlexAttention runs them).
 Strides: xformers' ops refuse a last-dim stride other than 1 and a head stride not a multiple of
 their alignment; the per-case probe asks about contiguous tensors, so the call makes its inputs
 contiguous too (a no-op for the harness's inputs), and probe and call agree.
@@ -32,15 +54,25 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from types import ModuleType
+from typing import Any
 
 import torch
 
 from harness.case import Case
+from harness.masks import MaskSpec
 from harness.registry import Availability, Impl, register
-from implementations._optional import cuda_reason, import_optional
+from implementations._optional import (
+    cuda_reason,
+    effective_window,
+    fa2_window_differs,
+    import_optional,
+)
 
 _MISSING = "xformers is not installed: pip install '.[xformers]'"
 _PROBE_MAX_SEQ = 256  # keeps the probe tensors small at any case size
+# The harness mask kinds xformers' biases express (the others are reasons: no such bias).
+MASK_KINDS = ("none", "causal", "causal_top_left", "sliding_window", "document")
+FEATURES = frozenset({"gqa", "seqlen_q_ne_k", "head_dim_v", "softmax_scale"})
 
 
 @contextlib.contextmanager
@@ -129,12 +161,110 @@ def _op(family: str | None) -> tuple[type, type] | None:
     return (module.FwOp, module.BwOp)
 
 
+def attn_bias(causal: bool, mask: MaskSpec | None, seqlen_q: int, seqlen_k: int, batch: int,
+              device: Any) -> Any:  # fmt: skip
+    """The xformers bias for the harness's (causal, mask); NotImplementedError otherwise."""
+    bias = importlib.import_module("xformers.ops.fmha.attn_bias")
+    if mask is not None:
+        mask = mask.with_causal(causal)  # `none` + causal reads `causal`
+    kind = "none" if mask is None else mask.kind
+    if kind == "causal_top_left" and seqlen_q == seqlen_k:
+        kind = "causal"
+    if kind == "sliding_window":
+        left, right = effective_window(mask)  # type: ignore[arg-type]
+        if (left, right) == (-1, -1):
+            kind = "none"
+        elif (left, right) == (-1, 0):
+            kind = "causal"
+        elif right == 0:
+            return bias.LowerTriangularFromBottomRightMask().make_local_attention(left + 1)
+        else:
+            wide = max(seqlen_q, seqlen_k)  # reaches every key from every query
+            return bias.LocalAttentionFromBottomRightMask(
+                window_left=left if left >= 0 else wide, window_right=right if right >= 0 else wide
+            )
+    if kind == "none":
+        return bias.LowerTriangularFromBottomRightMask() if causal else None
+    if kind == "causal":
+        return bias.LowerTriangularFromBottomRightMask()
+    if kind == "causal_top_left":
+        return bias.LowerTriangularMask()
+    if kind == "document" and seqlen_q == seqlen_k:
+        lens = mask.document_lengths(seqlen_k) * batch  # type: ignore[union-attr]
+        block = bias.BlockDiagonalMask.from_seqlens(lens, device=device)
+        return block.make_causal() if mask.causal else block  # type: ignore[union-attr]
+    raise NotImplementedError(f"xformers has no bias for the {kind} mask with seqlen_q "
+                              f"{seqlen_q}, seqlen_k {seqlen_k}")  # fmt: skip
+
+
+def _call_inputs(q_bshd: torch.Tensor, k_bshd: torch.Tensor, v_bshd: torch.Tensor, *,
+                 causal: bool, mask: MaskSpec | None) -> tuple[Any, ...]:  # fmt: skip
+    """(query, key, value, attn_bias, out_shape) as memory_efficient_attention takes them: 5-D
+    for GQA, the batch folded into one sequence for a block-diagonal (document) bias."""
+    batch, seqlen_q, heads, _ = q_bshd.shape
+    seqlen_k, kv_heads, dim_v = k_bshd.shape[1], k_bshd.shape[2], v_bshd.shape[3]
+    out_shape = (batch, seqlen_q, heads, dim_v)
+    bias = attn_bias(causal, mask, seqlen_q, seqlen_k, batch, q_bshd.device)
+    q, k, v = (t.contiguous() for t in (q_bshd, k_bshd, v_bshd))
+    if mask is not None and mask.kind == "document":  # block-diagonal: batch 1, one sequence
+        q, k, v = (t.reshape(1, batch * t.shape[1], *t.shape[2:]) for t in (q, k, v))
+    if kv_heads != heads:  # [B, M, G, H, K]: G kv heads, each read by H query heads
+        group = heads // kv_heads
+        q = q.reshape(*q.shape[:2], kv_heads, group, q.shape[-1])
+        k, v = (t.reshape(*t.shape[:2], kv_heads, 1, t.shape[-1])
+                .expand(*t.shape[:2], kv_heads, group, t.shape[-1]) for t in (k, v))  # fmt: skip
+    return q, k, v, bias, out_shape
+
+
+def _probe_seqlens(seqlen_q: int, seqlen_k: int) -> tuple[int, int]:
+    """Small lengths in the same order as (seqlen_q, seqlen_k): <, == or >."""
+    if max(seqlen_q, seqlen_k) <= _PROBE_MAX_SEQ:
+        return seqlen_q, seqlen_k
+    small = min(seqlen_q, seqlen_k, _PROBE_MAX_SEQ)
+    return small + (seqlen_q > seqlen_k), small + (seqlen_k > seqlen_q)
+
+
+def _probe_mask(mask: MaskSpec, seqlen_k: int, probe_k: int) -> MaskSpec:
+    """The case's mask on the probe's lengths: the documents shrunk in proportion (>= 1 each)."""
+    if mask.kind != "document" or probe_k == seqlen_k:
+        return mask
+    lens = [max(1, n * probe_k // seqlen_k) for n in mask.document_lengths(seqlen_k)]
+    return MaskSpec(kind="document", causal=mask.causal, doc_lens=tuple(lens))
+
+
 def _probe_inputs(case: Case, device: str):
+    """fmha.Inputs as the call builds them (`_call_inputs`), on small empty tensors."""
     fmha = importlib.import_module("xformers.ops.fmha")
-    shape = (case.batch, min(case.seq_len, _PROBE_MAX_SEQ), case.num_heads, case.head_dim)
-    q, k, v = (torch.empty(shape, dtype=case.torch_dtype, device=device) for _ in range(3))
-    bias = importlib.import_module("xformers.ops").LowerTriangularMask() if case.causal else None
-    return fmha.Inputs(query=q, key=k, value=v, attn_bias=bias)
+    sq, sk = _probe_seqlens(case.sq, case.sk)
+    mask = _probe_mask(case.mask, case.sk, sk)
+    if mask.kind == "document":
+        sq = sk = sum(mask.document_lengths(sk))
+    dtype = case.torch_dtype
+    q = torch.empty((case.batch, sq, case.num_heads, case.head_dim), dtype=dtype, device=device)
+    k = torch.empty((case.batch, sk, case.kv_heads, case.head_dim), dtype=dtype, device=device)
+    v = torch.empty((case.batch, sk, case.kv_heads, case.dim_v), dtype=dtype, device=device)
+    q, k, v, bias, _ = _call_inputs(q, k, v, causal=False, mask=mask)
+    return fmha.Inputs(query=q, key=k, value=v, attn_bias=bias, scale=case.softmax_scale)
+
+
+def mask_reasons(family: str | None, case: Case) -> list[str]:
+    """Why xformers cannot apply this case's mask (empty when it can)."""
+    mask, sq, sk = case.mask, case.sq, case.sk
+    if mask.kind not in MASK_KINDS:
+        return [f"xformers has no {mask.kind} bias (it takes causal, causal_top_left, "
+                f"sliding_window and document masks); use flex"]  # fmt: skip
+    if mask.kind == "document" and sq != sk:
+        return [f"xformers' block-diagonal bias runs document masks as packed sequences, which "
+                f"needs seqlen_q == seqlen_k; got {sq} and {sk}"]  # fmt: skip
+    if mask.kind == "sliding_window" and family in (None, "flash"):
+        left, right = effective_window(mask)
+        wide = max(sq, sk)
+        if right != 0 and fa2_window_differs(left if left >= 0 else wide,
+                                             right if right >= 0 else wide, sq, sk):  # fmt: skip
+            return [f"xformers' flash passes window_right {right} to FlashAttention-2, which "
+                    f"reads it as seqlen_k and cuts the first queries' keys when seqlen_q {sq} > "
+                    f"seqlen_k {sk} + 1"]  # fmt: skip
+    return []
 
 
 def _condense(message: str) -> str:
@@ -153,6 +283,9 @@ def _condense(message: str) -> str:
 
 def _limits(family: str | None) -> Callable[[Case, str], list[str]]:
     def unsupported(case: Case, device: str) -> list[str]:
+        reasons = mask_reasons(family, case)
+        if reasons:
+            return reasons
         inp = _probe_inputs(case, device)
         if family is None:
             dispatch = importlib.import_module("xformers.ops.fmha.dispatch")
@@ -171,12 +304,13 @@ def _limits(family: str | None) -> Callable[[Case, str], list[str]]:
 
 def _forward(family: str | None) -> Callable[..., torch.Tensor]:
     def forward(q_bshd: torch.Tensor, k_bshd: torch.Tensor, v_bshd: torch.Tensor, *,
-                causal: bool, block_size: int | None = None) -> torch.Tensor:  # fmt: skip
+                causal: bool, block_size: int | None = None, mask: MaskSpec | None = None,
+                softmax_scale: float | None = None) -> torch.Tensor:  # fmt: skip
         xops = importlib.import_module("xformers.ops")
-        bias = xops.LowerTriangularMask() if causal else None
-        q_bshd, k_bshd, v_bshd = (t.contiguous() for t in (q_bshd, k_bshd, v_bshd))
-        return xops.memory_efficient_attention(q_bshd, k_bshd, v_bshd, attn_bias=bias,
-                                               op=_op(family))  # fmt: skip
+        q, k, v, bias, out_shape = _call_inputs(q_bshd, k_bshd, v_bshd, causal=causal, mask=mask)
+        out = xops.memory_efficient_attention(q, k, v, attn_bias=bias, scale=softmax_scale,
+                                              op=_op(family))  # fmt: skip
+        return out.reshape(out_shape)
 
     return forward
 
@@ -184,7 +318,8 @@ def _forward(family: str | None) -> Callable[..., torch.Tensor]:
 def _register(name: str, label: str, family: str | None) -> Impl:
     return register(Impl(name=name, label=label, forward=_forward(family), layout="bshd",
                          available=_available(family), unsupported=_limits(family),
-                         tags=("third-party", "causal-top-left"), memory_exponent=1))  # fmt: skip
+                         tags=("third-party", "causal-bottom-right"), memory_exponent=1,
+                         features=FEATURES, mask_kinds=MASK_KINDS))  # fmt: skip
 
 
 XFORMERS = _register("xformers", "xformers (dispatcher)", None)

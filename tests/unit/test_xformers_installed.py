@@ -3,9 +3,10 @@
 The fakes in test_adapters.py pin down our logic; these tests pin down that xformers' real API
 still has what the adapter calls (`fmha.Inputs`, `FwOp.not_supported_reasons`,
 `dispatch._dispatch_fw`, `LowerTriangularMask`, `_cpp_lib._built_with_cuda`) and that the reasons
-users read come from xformers and the dynamic loader. The wheel is a CUDA build for another torch
-that links libcudart.so.12, so on this CPU machine its C++ library does not load: the situation the
-reasons must explain.
+users read come from xformers and the dynamic loader, and that the biases and input layouts the
+adapter builds mean, in xformers' own `materialize` and `validate_inputs`, what the harness's
+masks mean. The wheel is a CUDA build for another torch that links libcudart.so.12, so on this
+CPU machine its C++ library does not load: the situation the reasons must explain.
 """
 
 from __future__ import annotations
@@ -79,3 +80,70 @@ def test_the_forward_reaches_xformers_and_its_refusal_surfaces():
     q = torch.randn(1, 16, 2, 8, dtype=torch.float16)
     with pytest.raises(NotImplementedError, match="memory_efficient_attention"):
         REGISTRY.get("xformers").forward(q, q, q, causal=True)
+
+
+# ---- the biases and input layouts the adapter builds, checked against the real xformers -----
+def _window_case(sq: int, sk: int, window: tuple[int, int], causal: bool = False) -> Case:
+    return Case(seqlen_q=sq, seqlen_k=sk, head_dim=8, num_heads=2, causal=causal,
+                mask={"kind": "sliding_window", "window": list(window)})  # fmt: skip
+
+
+BIAS_CASES = {
+    "causal q<k": Case(seqlen_q=5, seqlen_k=9, head_dim=8, causal=True),
+    "causal q>k": Case(seqlen_q=9, seqlen_k=5, head_dim=8, causal=True),
+    "causal_top_left q<k": Case(seqlen_q=5, seqlen_k=9, head_dim=8, mask="causal_top_left"),
+    "swa (16, 0)": _window_case(40, 40, (16, 0)),
+    "swa (3, 0) q<k": _window_case(7, 12, (3, 0)),
+    "window (4, 2) q<k": _window_case(20, 33, (4, 2)),
+    "window (-1, 3) q>k": _window_case(12, 10, (-1, 3)),
+    "window (2, -1) q<k": _window_case(6, 10, (2, -1)),
+    "window (5, 7) causal": _window_case(30, 30, (5, 7), causal=True),
+}
+
+
+@pytest.mark.parametrize("label", list(BIAS_CASES))
+def test_the_biases_mask_what_the_harness_masks(label):
+    """xformers' own `materialize` of the bias we pass == harness.masks' dense mask."""
+    from implementations.xformers import attn_bias
+
+    case = BIAS_CASES[label]
+    causal = case.mask.kind == "causal"
+    bias = attn_bias(causal, None if causal else case.mask, case.sq, case.sk, 1, "cpu")
+    keep = bias.materialize((case.sq, case.sk)).exp() > 0
+    assert torch.equal(keep, case.mask.dense(case.sq, case.sk))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_the_document_bias_is_the_harness_mask_of_every_batch_row(causal):
+    from implementations.xformers import attn_bias
+
+    case = Case(batch=2, seq_len=97, head_dim=8, causal=causal,
+                mask={"kind": "document", "doc_lens": [30, 50, 17]})  # fmt: skip
+    bias = attn_bias(False, case.mask, 97, 97, 2, torch.device("cpu"))
+    keep = bias.materialize((194, 194)).exp() > 0
+    assert torch.equal(keep, torch.block_diag(*[case.mask.dense(97, 97)] * 2))
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        Case(batch=3, seqlen_q=300, seqlen_k=600, num_heads=8, num_kv_heads=2, head_dim=64,
+             head_dim_v=32, dtype="bfloat16", causal=True, softmax_scale=0.1),
+        Case(batch=2, seq_len=4096, num_heads=4, num_kv_heads=1, head_dim=64, dtype="float16",
+             mask={"kind": "document", "num_docs": 7}, causal=True),
+        Case(batch=2, seq_len=1024, num_heads=4, head_dim=64, dtype="float16",
+             mask={"kind": "sliding_window", "window": [128, 0]}),
+    ],
+    ids=["gqa", "mqa-documents", "swa"],
+)  # fmt: skip
+def test_the_probe_inputs_are_valid_xformers_inputs(case):
+    """xformers' own validation accepts the probe's layout: 5-D GQA with expanded k/v, batch 1
+    for a block-diagonal bias, the bias on the tensors' device; its dispatcher reads them."""
+    from implementations.xformers import _probe_inputs
+
+    inp = _probe_inputs(case, "cpu")
+    inp.validate_inputs()
+    if case.kv_heads != case.num_heads:
+        assert inp.query.ndim == 5 and inp.key.stride(3) == 0
+    (reason,) = REGISTRY.get("xformers").unsupported(case, "cpu")
+    assert reason.startswith("no xformers op supports this case: ") and "device=cpu" in reason
