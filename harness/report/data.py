@@ -23,11 +23,19 @@ if TYPE_CHECKING:
     from harness.regress.compare import Comparison
 
 # Case axes in the order a reader thinks about them; the ones that vary name a line.
+# q_len, k_len, kv_heads and dim_v say how a shape differs from its shorthand ("=" when it does
+# not), so a plain length or head sweep does not split into one slice per value.
 AXES: tuple[str, ...] = (
-    "workload", "batch", "seq_len", "seqlen_q", "seqlen_k", "num_heads", "num_kv_heads",
-    "head_dim", "head_dim_v", "hidden", "block_size", "dtype", "causal", "mask_label",
-    "softmax_scale", "input_scale", "input_layout", "world_size", "seq_layout",
+    "workload", "batch", "seq_len", "q_len", "k_len", "num_heads", "kv_heads", "head_dim",
+    "dim_v", "hidden", "block_size", "dtype", "causal", "mask_label", "softmax_scale",
+    "input_scale", "input_layout", "world_size", "seq_layout",
 )  # fmt: skip
+_RELATIVE = (
+    ("q_len", "seqlen_q", "seq_len"),
+    ("k_len", "seqlen_k", "seq_len"),
+    ("kv_heads", "num_kv_heads", "num_heads"),
+    ("dim_v", "head_dim_v", "head_dim"),
+)
 
 COLUMNS: tuple[str, ...] = (
     "run_id", "case", "impl", "label", "phase", "status", "reason", *AXES,
@@ -35,7 +43,8 @@ COLUMNS: tuple[str, ...] = (
     "tokens_per_s", "peak_mem_bytes", "peak_mem_above_inputs_bytes", "peak_mem_bytes_per_rank",
     "input_bytes", "model_peak_mem_bytes", "err_rel_l2", "err_max_abs",
     "err_naive_same_dtype_rel_l2", "memory_exponent", "uses_block_size", "mask", "mask_params",
-    "mask_density", "bytes_moved", "gbytes_per_s",
+    "mask_density", "bytes_moved", "gbytes_per_s", "seqlen_q", "seqlen_k", "num_kv_heads",
+    "head_dim_v",
 )  # fmt: skip
 NAN_FIELDS = "nan_fields"  # per row: the fields the row itself held as NaN (not missing ones)
 
@@ -97,12 +106,20 @@ def mask_label(kind: Any, params: Any) -> str:
     return text + (" causal" if causal else "")
 
 
+def _int_text(value: Any) -> str:
+    return str(int(value)) if isinstance(value, int | float) and value == value else str(value)
+
+
 def _shape_defaults(frame: pd.DataFrame) -> None:
     """Rows of other tools (or empty frames) get the values the case meant: Sq = Sk = seq_len,
     kv heads = heads, head_dim_v = head_dim, the mask its causal flag says."""
     for new, old in (("seqlen_q", "seq_len"), ("seqlen_k", "seq_len"),
                      ("num_kv_heads", "num_heads"), ("head_dim_v", "head_dim")):  # fmt: skip
         frame[new] = frame[new].where(frame[new].notna(), frame[old])
+    for axis, value, shorthand in _RELATIVE:
+        same = (frame[value] == frame[shorthand]) | frame[value].isna()
+        text = [_int_text(v) for v in frame[value]]
+        frame[axis] = pd.Series(text, index=frame.index, dtype=object).where(~same, "=")
     labels = [mask_label(k, p) if isinstance(k, str) else ("causal" if c else "full")
               for k, p, c in zip(frame["mask"], frame["mask_params"], frame["causal"],
                                  strict=True)]  # fmt: skip

@@ -61,7 +61,7 @@ def patterns_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
     rel = relative_rows(rows)
     if rel.empty:
         return None
-    rel, slice_axes = with_lines_and_slices(rel, (*PLOTTED, "seq_len"))
+    rel, slice_axes = with_lines_and_slices(rel, (*PLOTTED, "seq_len", "q_len", "k_len"))
     rel = rel.assign(text=case_text(rel) + "<br>mask: " + rel["mask_label"].astype(str))
     colors = impl_colors(rows["impl"].tolist())
     spec = FigureSpec("Masks: time vs density, relative to dense causal", 460)

@@ -41,7 +41,8 @@ def shapes_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
     if not (set(axes) - {"seqlen_q", "seqlen_k"} or unequal):
         return None
     sel = sel.assign(shape=labels(sel, list(axes)))
-    sel, slice_axes = with_lines_and_slices(sel, (*axes, "seq_len", "phase"))
+    plotted = (*axes, "seq_len", "phase", "q_len", "k_len", "kv_heads", "dim_v")
+    sel, slice_axes = with_lines_and_slices(sel, plotted)
     sel = sel.assign(text=case_text(sel))
     order = sorted(sel["shape"].unique().tolist())
     colors = impl_colors(rows["impl"].tolist())
