@@ -111,8 +111,6 @@ def test_bad_arguments_raise_value_errors() -> None:
     q = torch.randn(1, 1, 8, 4)
     with pytest.raises(ValueError, match="block_size"):
         bpt_attention(q, q, q, causal=False, block_size=-1)
-    with pytest.raises(ValueError, match="q_offset"):
-        bpt_attention(q, q, q, causal=True, block_size=4, q_offset=3)
 
 
 def test_registered_in_bhsd_layout() -> None:
