@@ -47,6 +47,7 @@ COLUMNS: tuple[str, ...] = (
     "head_dim_v",
 )  # fmt: skip
 NAN_FIELDS = "nan_fields"  # per row: the fields the row itself held as NaN (not missing ones)
+DENSE = "dense"  # the mask_label of full and causal attention
 
 
 @dataclass
@@ -93,17 +94,15 @@ def normalize(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def mask_label(kind: Any, params: Any) -> str:
-    """`causal`, `full`, or the kind with its parameters: `sliding_window(window=16,0)`."""
-    if not isinstance(kind, str) or not kind:
-        return ""
+    """`dense` for full and causal attention (the `causal` axis tells them apart), else the kind
+    with its parameters: `sliding_window(window=16,0)`, `document(num_docs=8) causal`."""
+    if not isinstance(kind, str) or kind in ("", "none", "causal"):
+        return DENSE
     params = params if isinstance(params, dict) else {}
-    causal = bool(params.get("causal"))
-    if kind == "none":
-        return "causal" if causal else "full"
     args = [f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in params.items() if k != "causal"]  # fmt: skip
     text = f"{kind}({', '.join(args)})" if args else kind
-    return text + (" causal" if causal else "")
+    return text + (" causal" if params.get("causal") else "")
 
 
 def _int_text(value: Any) -> str:
@@ -120,9 +119,7 @@ def _shape_defaults(frame: pd.DataFrame) -> None:
         same = (frame[value] == frame[shorthand]) | frame[value].isna()
         text = [_int_text(v) for v in frame[value]]
         frame[axis] = pd.Series(text, index=frame.index, dtype=object).where(~same, "=")
-    labels = [mask_label(k, p) if isinstance(k, str) else ("causal" if c else "full")
-              for k, p, c in zip(frame["mask"], frame["mask_params"], frame["causal"],
-                                 strict=True)]  # fmt: skip
+    labels = [mask_label(k, p) for k, p in zip(frame["mask"], frame["mask_params"], strict=True)]
     frame["mask_label"] = pd.Series(labels, index=frame.index, dtype=object)
     frame["softmax_scale"] = frame["softmax_scale"].fillna("default")
     frame["input_scale"] = pd.to_numeric(frame["input_scale"], errors="coerce").fillna(1.0)

@@ -26,6 +26,7 @@ from harness.report.common import (
     template,
     with_lines_and_slices,
 )  # fmt: skip
+from harness.report.data import DENSE
 from harness.report.sections import figure_section
 
 PLOTTED = ("mask_label", "causal", "phase")
@@ -35,7 +36,7 @@ def relative_rows(rows: pd.DataFrame) -> pd.DataFrame:
     """ok single-device rows with `rel_time` and `rel_density` against their reference mask."""
     sel = rows[(rows["status"] == "ok") & (rows["world_size"] == 1)]
     sel = sel[finite(sel["time_ms_median"]) & finite(sel["mask_density"])]
-    if sel.empty or sel["mask_label"].nunique() < 2:
+    if sel.empty or sel[["mask_label", "causal"]].drop_duplicates().shape[0] < 2:
         return sel.iloc[0:0]
     others = [c for c in ("impl", "phase", "run_id", "workload", "batch", "seqlen_q", "seqlen_k",
                           "num_heads", "num_kv_heads", "head_dim", "head_dim_v", "dtype",
@@ -46,14 +47,15 @@ def relative_rows(rows: pd.DataFrame) -> pd.DataFrame:
                      index=sel.index)  # fmt: skip
     out = []
     for _, g in sel.groupby(keys, sort=False):
-        ref = g[g["mask_label"] == "causal"]
-        ref = ref if not ref.empty else g[g["mask_label"] == "full"]
+        dense = g["mask_label"] == DENSE
+        ref = g[dense & g["causal"]]
+        ref = ref if not ref.empty else g[dense & ~g["causal"]]
         if ref.empty or len(g) < 2:
             continue
         base = ref.iloc[0]
         out.append(g.assign(rel_time=g["time_ms_median"] / base["time_ms_median"],
                             rel_density=g["mask_density"] / base["mask_density"],
-                            ref_mask=base["mask_label"]))  # fmt: skip
+                            ref_mask="causal" if base["causal"] else "full"))  # fmt: skip
     return pd.concat(out) if out else sel.iloc[0:0]
 
 
@@ -62,7 +64,9 @@ def patterns_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
     if rel.empty:
         return None
     rel, slice_axes = with_lines_and_slices(rel, (*PLOTTED, "seq_len", "q_len", "k_len"))
-    rel = rel.assign(text=case_text(rel) + "<br>mask: " + rel["mask_label"].astype(str))
+    shown = rel["mask_label"].where(rel["mask_label"] != DENSE,
+                                    rel["causal"].map({True: "causal", False: "full"}))  # fmt: skip
+    rel = rel.assign(text=case_text(rel) + "<br>mask: " + shown.astype(str))
     colors = impl_colors(rows["impl"].tolist())
     spec = FigureSpec("Masks: time vs density, relative to dense causal", 460)
     spec.grid([["time ÷ dense-causal time"]], xlog=False, ylog=False,

@@ -356,6 +356,7 @@ def preflight_reason(task: Task, budget: int | None, source: str) -> str | None:
     if budget is None or estimate <= budget:
         return None
     case = task.case
-    return (f"pre-flight estimate: S×S scores {case.batch}·{case.num_heads}·{case.sq}·{case.sk}"
+    lengths = f"{case.sq}²" if case.sq == case.sk else f"{case.sq}·{case.sk}"
+    return (f"pre-flight estimate: S×S scores {case.batch}·{case.num_heads}·{lengths}"
             f" {case.dtype} ({task.phase}) = {estimate / 2**20:.1f} MiB is above the memory "
             f"budget {budget / 2**20:.1f} MiB ({source}); not run")  # fmt: skip

@@ -230,9 +230,9 @@ def test_validate_row_says_why():
     assert validate_row([1, 2]) == ["a JSON array, not a row object"]
     assert validate_row(None) == ["a JSON null, not a row object"]
     assert validate_row(good | {"schema_version": True}) == [
-        "schema_version True; this harness reads 1, 2"]  # fmt: skip
+        "schema_version True; this harness reads 1, 2, 3"]  # fmt: skip
     assert validate_row({k: v for k, v in good.items() if k != "schema_version"}) == [
-        "no schema_version; this harness reads 1, 2"]  # fmt: skip
+        "no schema_version; this harness reads 1, 2, 3"]  # fmt: skip
     assert validate_row(good | {"phase": ""}) == ["phase '' is not a name"]
     assert validate_row(good | {"status": ["ok"]}) == [
         "status ['ok'] is not one of ok, skipped, unsupported, oom, timeout, error"]  # fmt: skip
