@@ -23,7 +23,10 @@ from harness.masks import MaskSpec
 DType = Literal["float32", "float16", "bfloat16", "float64"]
 Phase = Literal["fwd", "bwd", "fwd_bwd"]
 SeqLayout = Literal["contiguous", "striped", "zigzag"]
-WorkloadName = Literal["attention", "layer"]
+WorkloadName = Literal["attention", "layer", "decode"]
+# Decode: every sequence's cache holds seqlen_k tokens ("fixed"), or a seeded length between
+# seqlen_k / 8 and seqlen_k ("ragged"; harness/workloads/decode.py).
+CacheDist = Literal["fixed", "ragged"]
 # How the inputs are laid out in memory: separate contiguous tensors, views of one packed qkv
 # tensor (batch, seq, 3, heads, head_dim), or views with a strided last dim (..., head_dim, 2).
 InputLayout = Literal["contiguous", "packed_qkv", "strided_last"]
@@ -60,6 +63,8 @@ class Case:
     mask: MaskSpec = field(default_factory=MaskSpec)
     input_scale: float = 1.0
     input_layout: InputLayout = "contiguous"
+    page_size: int | None = None
+    cache_dist: CacheDist = "fixed"
 
     def __post_init__(self) -> None:
         put = object.__setattr__  # frozen: resolve the shorthands once, here
@@ -118,6 +123,15 @@ class Case:
                 f"layer-b{self.batch}-s{self.seq_len}-hid{self.hidden}-h{self.num_heads}"
                 f"-ffn{self.ffn_expansion}"
             )
+        elif self.workload == "decode":
+            cache = "contig" if self.page_size is None else f"page{self.page_size}"
+            head = (f"decode-b{self.batch}-q{self.sq}-cache{self.sk}-h{self.num_heads}"
+                    f"-kv{self.kv_heads}-d{self.head_dim}")  # fmt: skip
+            if self.dim_v != self.head_dim:
+                head += f"-dv{self.dim_v}"
+            if self.softmax_scale is not None:
+                head += f"-scale{self.softmax_scale:g}"
+            return f"{head}-{self.dtype}-{cache}-{self.cache_dist}"
         else:
             head = f"attn-b{self.batch}-s{self.seq_len}-h{self.num_heads}-d{self.head_dim}"
         extra = []

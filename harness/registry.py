@@ -17,7 +17,7 @@ from harness.errors import HarnessError, UnknownImplementation
 from harness.hooks import DistributedHooks
 
 Layout = Literal["bshd", "bhsd"]
-Workload = Literal["attention", "layer"]
+Workload = Literal["attention", "layer", "decode"]
 ENTRY_POINT_GROUP = "harness.implementations"
 
 
@@ -94,12 +94,24 @@ class Impl:
     mask_kinds: tuple[str, ...] = ("none", "causal")
 
 
-FEATURES: tuple[str, ...] = ("gqa", "seqlen_q_ne_k", "head_dim_v", "softmax_scale")
+FEATURES: tuple[str, ...] = ("gqa", "seqlen_q_ne_k", "head_dim_v", "softmax_scale", "paged_kv")
 
 
 def declared_reasons(impl: Impl, case: Any) -> list[str]:
-    """What an attention `case` needs beyond what `impl` declares (features, mask kinds)."""
-    if impl.workload != "attention" or getattr(case, "workload", "attention") != "attention":
+    """What an attention or decode `case` needs beyond what `impl` declares (features, masks).
+
+    Decode implementations take per-sequence cache lengths and seqlen_q >= 1 by contract; they
+    declare "gqa", "head_dim_v", "softmax_scale" and "paged_kv" (a paged cache) as they can.
+    """
+    workload = getattr(case, "workload", "attention")
+    if impl.workload == "decode" and workload == "decode":
+        decode_needs = {
+            "gqa": case.kv_heads != case.num_heads, "head_dim_v": case.dim_v != case.head_dim,
+            "softmax_scale": case.softmax_scale is not None, "paged_kv": case.page_size is not None,
+        }  # fmt: skip
+        return [f"{impl.name} does not support {feature} here" for feature, needed
+                in decode_needs.items() if needed and feature not in impl.features]  # fmt: skip
+    if impl.workload != "attention" or workload != "attention":
         return []
     needs = {
         "gqa": (case.kv_heads != case.num_heads,

@@ -40,7 +40,7 @@ from pydantic import (
     model_validator,
 )
 
-from harness.case import Case, DType, InputLayout, Phase, SeqLayout, WorkloadName
+from harness.case import CacheDist, Case, DType, InputLayout, Phase, SeqLayout, WorkloadName
 from harness.errors import SuiteError, UnknownImplementation
 from harness.masks import POSITION_TABLE_KINDS, MaskKind, MaskSpec
 from harness.yaml_safe import YamlInputError, one_line, read_yaml
@@ -131,6 +131,9 @@ class Sweep(_Strict):
     mask: list[Mask] = Field(default=[Mask(kind="none")], min_length=1)
     input_scale: list[Scale] = Field(default=[1.0], min_length=1)
     input_layout: list[InputLayout] = Field(default=["contiguous"], min_length=1)
+    cache_len: list[Size | None] = Field(default=[None], min_length=1)
+    page_size: list[Size | None] = Field(default=[None], min_length=1)
+    cache_dist: list[CacheDist] = Field(default=["fixed"], min_length=1)
     phase: list[Phase] = Field(default=["fwd"], min_length=1)
 
     @field_validator("mask", mode="before")
@@ -157,7 +160,7 @@ class Sweep(_Strict):
                 self.ffn_expansion, self.dtype, self.causal, self.block_size, self.world_size,
                 self.seq_layout, self.seqlen_q, self.seqlen_k, self.num_kv_heads,
                 self.head_dim_v, self.softmax_scale, self.mask, self.input_scale,
-                self.input_layout)  # fmt: skip
+                self.input_layout, self.cache_len, self.page_size, self.cache_dist)  # fmt: skip
 
 
 class Timing(_Strict):
@@ -283,7 +286,9 @@ class Suite(_Strict):
         seen: dict[str, Case] = {}
         for values in itertools.product(*self.sweep.case_axes()):
             (batch, seq, heads, hd, hidden, ffn, dtype, causal, block, world, seq_layout, sq, sk,
-             kv_heads, hd_v, scale, mask, x_scale, in_layout) = values  # fmt: skip
+             kv_heads, hd_v, scale, mask, x_scale, in_layout, cache_len, page,
+             dist) = values  # fmt: skip
+            sk = cache_len or sk  # decode: the cache length is seqlen_k
             try:
                 case = Case(
                     workload=self.workload, batch=batch, seq_len=sk or seq, num_heads=heads,
@@ -293,7 +298,7 @@ class Suite(_Strict):
                     world_size=world, seq_layout=seq_layout if world > 1 else "contiguous",
                     seqlen_q=sq, seqlen_k=sk, num_kv_heads=kv_heads, head_dim_v=hd_v,
                     softmax_scale=scale, mask=mask.spec(), input_scale=x_scale,
-                    input_layout=in_layout,
+                    input_layout=in_layout, page_size=page, cache_dist=dist,
                 )  # fmt: skip
             except ValueError as exc:
                 raise ValueError(f"sweep: {exc}") from None
@@ -451,8 +456,16 @@ def check_suite(suite: Suite, where: str) -> None:
             f"{where}: compare.normalize_to: {ref!r} is not in implementations; "
             f"allowed: {', '.join(suite.implementations)}"
         )
+    s = suite.sweep
+    if suite.workload == "decode":
+        _check_decode(suite, where)
+    else:
+        for key, default in (("cache_len", [None]), ("page_size", [None]),
+                             ("cache_dist", ["fixed"])):  # fmt: skip
+            if getattr(s, key) != default:
+                raise _error(f"{where}: sweep.{key}: only the decode workload takes {key}; "
+                             f"workload is {suite.workload!r}")  # fmt: skip
     if suite.workload == "layer":
-        s = suite.sweep
         for key in ("seqlen_q", "seqlen_k", "num_kv_heads", "head_dim_v", "softmax_scale"):
             if getattr(s, key) != [None]:
                 raise _error(f"{where}: sweep.{key}: the layer workload takes no {key}; "
@@ -472,6 +485,26 @@ def check_suite(suite: Suite, where: str) -> None:
                 raise _error(
                     f"{where}: sweep.hidden: {hidden} is not divisible by num_heads {heads}"
                 )
+
+
+def _check_decode(suite: Suite, where: str) -> None:
+    """Decode is forward only, its mask is the cache's (bottom-right causal among the new
+    tokens), and every sequence must hold its seqlen_q new tokens."""
+    s = suite.sweep
+    if s.phase != ["fwd"]:
+        raise _error(f"{where}: sweep.phase: the decode workload is forward only; allowed: fwd; "
+                     f"got {s.phase}")  # fmt: skip
+    given = {"mask": [m.spec().slug for m in s.mask], "causal": s.causal,
+             "input_layout": s.input_layout, "world_size": s.world_size}  # fmt: skip
+    for key, default in (("mask", ["full"]), ("causal", [False]),
+                         ("input_layout", ["contiguous"]), ("world_size", [1])):  # fmt: skip
+        if given[key] != default:
+            raise _error(f"{where}: sweep.{key}: the decode workload takes {key} {default[0]!r} "
+                         "only (its mask is the cache's: causal among the new tokens)")  # fmt: skip
+    for case in suite.cases():
+        if case.sq > case.sk:
+            raise _error(f"{where}: sweep.seqlen_q: {case.sq} new tokens do not fit a cache of "
+                         f"{case.sk} (cache_len); seqlen_q must be <= cache_len")  # fmt: skip
 
 
 def read_suite(path: str | Path, *, profile: str | None = None) -> Suite:

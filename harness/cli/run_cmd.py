@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import sys
@@ -127,7 +128,9 @@ def run(
         if resume is not None or not dry_run:
             meta = {"run_id": None, "suite_name": suite.name, "suite_path": str(suite_path),
                     "profile": profile, "argv": sys.argv,
-                    "provenance": _provenance(device, suite.seed)}  # fmt: skip
+                    "provenance": _provenance(device, suite.seed, suite.threads)}  # fmt: skip
+            peaks = meta["provenance"].get("device_peaks")
+            tasks = [dataclasses.replace(t, device_peaks=peaks) for t in tasks]
             cases = [c.to_dict() | {"name": c.name} for c in suite.cases()]
             expanded = {"suite": suite.model_dump(mode="json"), "cases": cases}
         if resume is not None:  # locked; refused if made with another suite etc., unless --force
@@ -193,14 +196,23 @@ def _exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
-def _provenance(device: str, seed: int) -> dict[str, Any]:
+def _provenance(device: str, seed: int, threads: int | None) -> dict[str, Any]:
     import torch
 
     from harness import provenance
+    from harness.measure.peaks import device_peaks
 
     if device == "cuda" and not torch.cuda.is_available():  # a dry run planning for a GPU
         return {"device": device}
-    return provenance.collect(device, seed)
+    info = provenance.collect(device, seed)
+    before = torch.get_num_threads()
+    if threads:  # the probes run on the threads the workers will use
+        torch.set_num_threads(threads)
+    try:
+        info["device_peaks"] = device_peaks(device, str(info.get("device_name") or ""))
+    finally:
+        torch.set_num_threads(before)
+    return info
 
 
 def _maybe_report(path: Path) -> None:

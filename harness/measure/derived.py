@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.case import Case
-from harness.measure.flops import attention_bytes, case_flops
+from harness.measure.flops import case_bytes, case_flops
 from harness.measure.timing import summarize_ms
 
 
@@ -26,10 +26,11 @@ def time_fields(case: Case, phase: str, samples_ms: list[float]) -> dict[str, An
         "time_samples_ms": list(samples_ms),
         "flops": flops,
         "tflops": flops / seconds / 1e12,
-        "tokens_per_s": case.batch * case.sq / seconds,
+        "tokens_per_s": case.batch * case.sq / seconds,  # decode: new tokens per second
     }
-    if case.workload == "attention":
-        moved = attention_bytes(case, phase)
+    moved = case_bytes(case, phase)
+    if moved is not None:
         fields["bytes_moved"] = moved
         fields["gbytes_per_s"] = moved / seconds / 1e9
+        fields["arith_intensity"] = flops / moved  # FLOP per byte: the roofline's x
     return fields

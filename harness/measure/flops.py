@@ -32,19 +32,54 @@ def attended_pairs(seq_len: int, causal: bool) -> int:
 
 
 def case_pairs(case: Case) -> int:
-    """Attended (query, key) pairs of one (batch, head) of the case."""
+    """Attended (query, key) pairs of one head, summed over the batch for decode (its sequences
+    differ in length), of one (batch, head) otherwise."""
     if case.workload == "layer":
         return attended_pairs(case.seq_len, case.causal)
+    if case.workload == "decode":
+        return sum(_decode_pairs(case.sq, n) for n in _seqlens(case))
     return case.mask.attended_pairs(case.sq, case.sk)
+
+
+def _seqlens(case: Case) -> list[int]:
+    from harness.workloads.decode import decode_seqlens
+
+    return decode_seqlens(case)
+
+
+def _decode_pairs(sq: int, n: int) -> int:
+    """Query i (at position n - sq + i) sees min(n - sq + i + 1, n) keys, none below 0."""
+    return sum(max(0, min(n - sq + i + 1, n)) for i in range(sq))
 
 
 def mask_density(case: Case) -> float:
     """The attended fraction of the Sq·Sk pairs."""
+    if case.workload == "decode":
+        return case_pairs(case) / (case.batch * case.sq * case.sk)
     return case_pairs(case) / (case.sq * case.sk)
 
 
 def attention_fwd_flops(case: Case) -> float:
-    return 2.0 * case.batch * case.num_heads * case_pairs(case) * (case.head_dim + case.dim_v)
+    batch = 1 if case.workload == "decode" else case.batch  # decode pairs span the batch
+    return 2.0 * batch * case.num_heads * case_pairs(case) * (case.head_dim + case.dim_v)
+
+
+def decode_bytes(case: Case) -> float:
+    """A decode step's compulsory traffic: every sequence's K and V cache read once (its real
+    length, num_kv_heads), q read and the output written."""
+    e = _ELEMENT_BYTES[case.dtype]
+    cache = sum(_seqlens(case)) * case.kv_heads * (case.head_dim + case.dim_v)
+    io = case.batch * case.sq * case.num_heads * (case.head_dim + case.dim_v)
+    return float(e * (cache + io))
+
+
+def kv_cache_bytes(case: Case) -> float:
+    """The decoder-only notes' M_kv = 2·p·B·S·D·L/T for one layer (L = 1) and no tensor
+    parallelism (T = 1), with D the kv width num_kv_heads·head_dim (head_dim_v for V) and
+    S each sequence's capacity: seqlen_k tokens (a paged pool rounds up to whole pages)."""
+    e = _ELEMENT_BYTES[case.dtype]
+    tokens = case.sk if case.page_size is None else -(-case.sk // case.page_size) * case.page_size
+    return float(e * case.batch * tokens * case.kv_heads * (case.head_dim + case.dim_v))
 
 
 def attention_bytes(case: Case, phase: str) -> float:
@@ -69,6 +104,15 @@ def layer_dense_fwd_flops(case: Case) -> float:
 def layer_fwd_flops(case: Case) -> float:
     """Attention core (head_dim = hidden // num_heads) plus the dense matmuls."""
     return layer_dense_fwd_flops(case) + attention_fwd_flops(case)
+
+
+def case_bytes(case: Case, phase: str) -> float | None:
+    """Compulsory bytes moved by a row, None for workloads that do not count them (layers)."""
+    if case.workload == "decode":
+        return decode_bytes(case)
+    if case.workload == "attention":
+        return attention_bytes(case, phase)
+    return None
 
 
 def case_flops(case: Case, phase: str) -> float:

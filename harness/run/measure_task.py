@@ -19,6 +19,7 @@ import torch
 from harness.measure.derived import time_fields
 from harness.measure.error import max_abs, rel_l2
 from harness.measure.memory import live_bytes, measure_peak
+from harness.measure.peaks import fractions
 from harness.measure.phases import grad_bytes, make_phase, run_once_for_check
 from harness.measure.timing import time_one_ms, time_samples_ms
 from harness.registry import REGISTRY, Impl
@@ -280,6 +281,7 @@ def measure(task: Task, group: Group | None = None) -> dict[str, Any]:
     if task.measure != "memory":
         worst = [max(r["samples"][i] for r in everyone) for i in range(len(mine["samples"]))]
         row.update(time_fields(case, task.phase, worst))
+        row.update(fractions(row, task.device_peaks))
         if group is not None:
             row["comm_backend"] = group.backend
             if impl.distributed is not None:

@@ -31,6 +31,8 @@ class Task:
     measure: Literal["all", "time", "memory"] = "all"
     # Peak memory the case may use (inputs included), bytes; above it the row is `oom`.
     memory_budget_bytes: int | None = None
+    # The device's roofline ceilings (harness/measure/peaks.py), from the run's provenance.
+    device_peaks: dict[str, Any] | None = None
 
     @property
     def key(self) -> tuple[str, str, str]:

@@ -1,4 +1,5 @@
-"""Workloads: what an implementation computes (attention: q, k, v -> out; layer: x -> y).
+"""Workloads: what an implementation computes (attention: q, k, v -> out; layer: x -> y;
+decode: q, KV cache -> out).
 
 A workload knows how to make seeded inputs, call an implementation in its layout, and compute the
 float64 reference. The runner and the measurement code only see the `Workload` protocol.
@@ -20,7 +21,11 @@ def get_workload(name: str) -> Workload:
         from harness.workloads.layer import LayerWorkload
 
         return LayerWorkload()
-    raise ValueError(f"unknown workload {name!r}; allowed: attention, layer")
+    if name == "decode":
+        from harness.workloads.decode import DecodeWorkload
+
+        return DecodeWorkload()
+    raise ValueError(f"unknown workload {name!r}; allowed: attention, layer, decode")
 
 
 __all__: list[Any] = ["Workload", "get_workload"]
