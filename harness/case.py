@@ -70,7 +70,8 @@ class Case:
         put = object.__setattr__  # frozen: resolve the shorthands once, here
         if isinstance(self.mask, dict | str):
             put(self, "mask", MaskSpec.from_dict(self.mask))
-        put(self, "seqlen_q", self.seqlen_q or self.seq_len)
+        default_q = 1 if self.workload == "decode" else self.seq_len  # decode: one new token
+        put(self, "seqlen_q", self.seqlen_q or default_q)
         put(self, "seqlen_k", self.seqlen_k or self.seq_len)
         put(self, "num_kv_heads", self.num_kv_heads or self.num_heads)
         put(self, "head_dim_v", self.head_dim_v or self.head_dim)

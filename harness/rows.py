@@ -9,7 +9,9 @@ Schema history (`schema_version` on every record of a run directory):
     2  `layout` renamed `seq_layout` (the tensor layout bshd/bhsd is the implementation's `layout`);
        rows may carry `mem_budget_bytes`, `grad_bytes` and the implementation's declared facts.
     3  shapes and masks: seqlen_q, seqlen_k, num_kv_heads, head_dim_v, softmax_scale, mask (the
-       kind) and mask_params, input_scale, input_layout; mask_density, bytes_moved, gbytes_per_s.
+       kind) and mask_params, input_scale, input_layout; mask_density, bytes_moved, gbytes_per_s,
+       arith_intensity, bw_fraction, flops_fraction; the decode workload's page_size,
+       cache_dist, cache_bytes and cache_bytes_formula.
 Version-1 and -2 records are upgraded on read (`upgrade`: the new case fields take the values the
 old case meant); newer versions are refused.
 """
@@ -105,6 +107,13 @@ class Row(TypedDict, total=False):
     tokens_per_s: float
     bytes_moved: float
     gbytes_per_s: float
+    arith_intensity: float
+    bw_fraction: float
+    flops_fraction: float
+    page_size: int | None
+    cache_dist: str
+    cache_bytes: int
+    cache_bytes_formula: float
     input_bytes: int
     grad_bytes: int
     peak_mem_above_inputs_bytes: int | None
@@ -163,6 +172,8 @@ def upgrade(record: dict[str, Any]) -> dict[str, Any]:
         out.setdefault("softmax_scale", None)
         out.setdefault("input_scale", 1.0)
         out.setdefault("input_layout", "contiguous")
+        out.setdefault("page_size", None)
+        out.setdefault("cache_dist", "fixed")
         out["schema_version"] = SCHEMA_VERSION
     return out
 

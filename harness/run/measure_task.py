@@ -203,6 +203,8 @@ def measure(task: Task, group: Group | None = None) -> dict[str, Any]:
     state = _case_state(task)
     bound, inputs, dout = _bind(task, impl, state, group)
     row: dict[str, Any] = {"status": "ok", "reason": "", "input_bytes": inputs.nbytes, **facts}
+    if case.workload == "decode":
+        row.update(_cache_fields(case, inputs))
     if task.phase != "fwd":
         row["grad_bytes"] = grad_bytes(bound)
 
@@ -288,6 +290,14 @@ def measure(task: Task, group: Group | None = None) -> dict[str, Any]:
                 row.update(_comm_fields([r["comm"] for r in everyone]))
                 row.update(impl.distributed.row_fields(case, group.world))
     return row
+
+
+def _cache_fields(case: Any, inputs: Inputs) -> dict[str, Any]:
+    """The KV cache's allocation (its tensors' storage) beside the decoder-only notes' formula."""
+    from harness.measure.flops import kv_cache_bytes
+
+    storage = sum(inputs.tensors[n].untyped_storage().nbytes() for n in ("k", "v"))
+    return {"cache_bytes": storage, "cache_bytes_formula": kv_cache_bytes(case)}
 
 
 def _over_budget(row: dict[str, Any], budget: int | None, source: str) -> str | None:

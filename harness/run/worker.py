@@ -26,7 +26,7 @@ from harness.run.task import Task, check_runnable, classify
 def base_row(task: Task) -> dict[str, Any]:
     row = dict(new_row(task.case.to_dict(), case_name=task.case.name, impl=task.impl,
                        phase=task.phase, device=task.device))  # fmt: skip
-    if task.case.workload == "attention":
+    if task.case.workload in ("attention", "decode"):
         from harness.measure.flops import mask_density
 
         row["mask_density"] = mask_density(task.case)

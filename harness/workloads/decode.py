@@ -78,6 +78,7 @@ class DecodeWorkload:
         v = draw(case.batch, case.sk, case.kv_heads, case.dim_v)
         seqlens = torch.tensor(decode_seqlens(case), dtype=torch.int32)
         cache = make_cache(k, v, seqlens, page_size=case.page_size, seed=seed + 1)
+        cache.check()  # once per case, untimed: a bad table is a clear error, not a wrong read
         tensors = {"q": q, "k": cache.k, "v": cache.v, "seqlens": cache.seqlens}
         if cache.block_table is not None:
             tensors["block_table"] = cache.block_table
