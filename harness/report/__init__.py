@@ -14,8 +14,10 @@ from harness.report import (
     adopted,
     blocks,
     comparison,
+    decode,
     memory,
     patterns,
+    roofline,
     scaling,
     shapes,
     throughput,
@@ -29,6 +31,8 @@ from harness.results import write_text_atomic
 
 for _key, _module in (
     ("throughput", throughput),
+    ("roofline", roofline),
+    ("decode", decode),
     ("memory", memory),
     ("accuracy", accuracy),
     ("block_size", blocks),

@@ -32,7 +32,8 @@ FAIL_COLOR = {"oom": "#d62728", "timeout": "#ff7f0e", "error": "#7f7f7f"}
 AXIS_SHORT = {"batch": "b", "num_heads": "h", "head_dim": "d", "block_size": "bs", "hidden": "hid",
               "world_size": "P", "seq_len": "S", "run_id": "run", "seqlen_q": "Sq",
               "seqlen_k": "Sk", "num_kv_heads": "kv", "head_dim_v": "dv", "mask_label": "mask",
-              "q_len": "Sq", "k_len": "Sk", "kv_heads": "kv", "dim_v": "dv",
+              "q_len": "Sq", "k_len": "Sk", "kv_heads": "kv", "dim_v": "dv", "page_size": "page",
+              "cache_dist": "cache",
               "softmax_scale": "scale", "input_scale": "x", "input_layout": "in"}  # fmt: skip
 LINE_AXES = ("run_id",)  # told apart by separate lines; other unplotted axes become a slice control
 

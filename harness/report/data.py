@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 AXES: tuple[str, ...] = (
     "workload", "batch", "seq_len", "q_len", "k_len", "num_heads", "kv_heads", "head_dim",
     "dim_v", "hidden", "block_size", "dtype", "causal", "mask_label", "softmax_scale",
-    "input_scale", "input_layout", "world_size", "seq_layout",
+    "input_scale", "input_layout", "world_size", "seq_layout", "page_size", "cache_dist",
 )  # fmt: skip
 _RELATIVE = (
     ("q_len", "seqlen_q", "seq_len"),
@@ -43,9 +43,16 @@ COLUMNS: tuple[str, ...] = (
     "tokens_per_s", "peak_mem_bytes", "peak_mem_above_inputs_bytes", "peak_mem_bytes_per_rank",
     "input_bytes", "model_peak_mem_bytes", "err_rel_l2", "err_max_abs",
     "err_naive_same_dtype_rel_l2", "memory_exponent", "uses_block_size", "mask", "mask_params",
-    "mask_density", "bytes_moved", "gbytes_per_s", "seqlen_q", "seqlen_k", "num_kv_heads",
-    "head_dim_v",
+    "mask_density", "bytes_moved", "gbytes_per_s", "arith_intensity", "bw_fraction",
+    "flops_fraction", "cache_bytes", "cache_bytes_formula", "seqlen_q", "seqlen_k",
+    "num_kv_heads", "head_dim_v",
 )  # fmt: skip
+# Measured and derived numbers that may be missing (older rows, failed rows): NaN, never text.
+NUMERIC_EXTRA = (
+    "mask_density", "bytes_moved", "gbytes_per_s", "arith_intensity", "bw_fraction",
+    "flops_fraction", "cache_bytes", "cache_bytes_formula",
+)  # fmt: skip
+CONTIGUOUS = "contig"  # the page_size axis of a contiguous KV cache (and of every non-decode row)
 NAN_FIELDS = "nan_fields"  # per row: the fields the row itself held as NaN (not missing ones)
 DENSE = "dense"  # the mask_label of full and causal attention
 
@@ -124,8 +131,23 @@ def _shape_defaults(frame: pd.DataFrame) -> None:
     frame["softmax_scale"] = frame["softmax_scale"].fillna("default")
     frame["input_scale"] = pd.to_numeric(frame["input_scale"], errors="coerce").fillna(1.0)
     frame["input_layout"] = frame["input_layout"].fillna("contiguous").astype(str)
-    for col in ("mask_density", "bytes_moved", "gbytes_per_s"):
+    # decode axes: rows without them (attention, layers, older runs) hold one constant each, so
+    # the axes vary, and split a figure, only where a decode run sweeps them
+    frame["page_size"] = pd.Series([_page_text(v) for v in frame["page_size"]], index=frame.index,
+                                   dtype=object)  # fmt: skip
+    frame["cache_dist"] = frame["cache_dist"].fillna("fixed").astype(str)
+    for col in NUMERIC_EXTRA:
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
+
+
+def _page_text(value: Any) -> str:
+    """A page size as text ("16"), `CONTIGUOUS` for none: one type, so the axis sorts and
+    labels alike whether or not a run mixes paged and contiguous caches."""
+    if isinstance(value, str):
+        return value or CONTIGUOUS
+    if value is None or pd.isna(value):
+        return CONTIGUOUS
+    return _int_text(value)
 
 
 def _nan_fields(record: dict[str, Any]) -> tuple[str, ...]:

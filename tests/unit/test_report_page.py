@@ -130,4 +130,8 @@ def test_harness_run_writes_a_report(write_suite, tmp_path):
     page = (run_dir / "report.html").read_text()
     assert f"report: {run_dir / 'report.html'}" in out.stderr
     figures = _json_block(page, "figures-data")
-    assert [f["id"] for f in figures] == ["fig-throughput-0", "fig-memory-0", "fig-accuracy-0"]
+    assert [f["id"] for f in figures] == ["fig-throughput-0", "fig-roofline-0", "fig-memory-0",
+                                          "fig-accuracy-0"]  # fmt: skip
+    # a real run records its device's ceilings (measured on a CPU): the roofline draws them
+    roofline = next(f["fig"] for f in figures if f["id"] == "fig-roofline-0")
+    assert any(t["meta"]["role"] == "roof" for t in roofline["data"])
