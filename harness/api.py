@@ -19,7 +19,7 @@ def _mask_spec(mask: MaskSpec | str | dict[str, Any] | None, window: Any) -> Mas
             raise ValueError("give either window= or mask=, not both")
         if not (isinstance(window, tuple | list) and len(window) == 2):
             raise ValueError(f"window must be (left, right); got {window!r}")
-        return MaskSpec(kind="sliding_window", window=(int(window[0]), int(window[1])))
+        return MaskSpec(kind="sliding_window", window=tuple(window))  # ints checked there
     if isinstance(mask, MaskSpec):
         return mask
     return MaskSpec.from_dict(mask)

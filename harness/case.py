@@ -174,6 +174,8 @@ class Case:
         """The inverse of `to_dict`; also reads cases written before masks existed."""
         args = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         mask = args.pop("mask", None)
+        if mask is not None:
+            args.pop("causal", None)  # read from the mask; written only as a derived flag
         params = data.get("mask_params") or {}
         if isinstance(mask, str):
             args["mask"] = MaskSpec.from_dict({"kind": mask, **params})

@@ -19,13 +19,15 @@ Kinds (`window` follows flash-attn's `window_size=(left, right)`, -1 meaning unb
     causal_top_left  kv <= i
     sliding_window   p - left <= kv <= p + right                  (Mistral's SWA: (W, 0))
     document         same document: packed sequences of `doc_lens` (or `num_docs` seeded lengths)
-    prefix_lm        kv < prefix_len (bidirectional prefix) or kv <= p
+    prefix_lm        kv < prefix_len (bidirectional prefix) or kv <= p (with causal=True the
+                     prefix loses its lookahead: plain causal)
     strided          |p - kv| < stride or (p - kv) % stride == 0  (Child et al., arXiv 1904.10509)
     random_block     block pairs kept with probability `density` (seeded), diagonal blocks always
     block_sparse     block band: |p // block - kv // block| <= band (block-aligned local)
     global_local     |p - kv| <= window or kv < num_global or 0 <= p < num_global (Longformer,
                      arXiv 2004.05150; the sparse-attention slides' "global+local")
-`causal=True` adds kv <= p to any kind (a causal document mask is packed-sequence training).
+`causal=True` adds kv <= p to any kind but causal_top_left (refused: two alignments at once); a
+causal document mask is packed-sequence training.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ PARAMS: dict[str, tuple[str, ...]] = {
     "strided": ("stride",), "random_block": ("block", "density", "seed"),
     "block_sparse": ("block", "band"), "global_local": ("window", "num_global"),
 }  # fmt: skip
-_CAUSAL_ALREADY = ("causal", "causal_top_left", "prefix_lm")
+_CAUSAL_ALREADY = ("causal", "causal_top_left")
+_INT_PARAMS = ("num_docs", "prefix_len", "stride", "block", "band", "num_global", "seed")
 
 ModFn = Callable[[Any, Any, Any, Any], Any]
 
@@ -73,6 +76,25 @@ class MaskSpec:
     num_global: int | None = None
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        # lists (YAML, JSON, a user's literal) become tuples: the spec is a hashable cache key
+        for name in ("window", "doc_lens"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        for name in (*_INT_PARAMS, "window", "doc_lens", "density"):
+            value = getattr(self, name)
+            items = value if isinstance(value, tuple) else (value,)
+            if value is None or (name == "seed" and value == 0):
+                continue
+            numeric = int if name != "density" else (int, float)
+            if not isinstance(value, tuple if name in ("window", "doc_lens") else numeric) or any(
+                isinstance(x, bool) or not isinstance(x, numeric) for x in items
+            ):
+                want = {"window": "[left, right] of integers", "doc_lens": "a list of integers",
+                        "density": "a number"}.get(name, "an integer")  # fmt: skip
+                raise ValueError(f"mask {self.kind}: {name} must be {want}; got {value!r}")
+
     # ---- identity ---------------------------------------------------------------------------
 
     @property
@@ -80,6 +102,8 @@ class MaskSpec:
         """True when no query attends to a key after its own position."""
         if self.kind in _CAUSAL_ALREADY or self.causal:
             return True
+        if self.kind == "prefix_lm":
+            return False  # the prefix attends both ways
         return self.kind == "sliding_window" and self.window is not None and self.window[1] == 0
 
     @property
@@ -89,14 +113,21 @@ class MaskSpec:
 
     def normalized(self) -> MaskSpec:
         """`none` + causal is `causal`; a redundant causal flag is dropped."""
-        if self.kind == "none" and self.causal:
-            return replace(self, kind="causal", causal=False)
+        if self.kind in ("none", "prefix_lm") and self.causal:
+            return MaskSpec(kind="causal")  # prefix_lm ∧ causal: the prefix loses its lookahead
         if self.kind in _CAUSAL_ALREADY and self.causal:
             return replace(self, causal=False)
         return self
 
     def with_causal(self, causal: bool) -> MaskSpec:
-        """This mask and, if `causal`, the causal constraint (kept as is when already causal)."""
+        """This mask and, if `causal`, the causal constraint (kept as is when already causal).
+
+        ValueError for causal_top_left: bottom-right causal on top of it is another mask when
+        seqlen_q != seqlen_k, and a mix of alignments is nobody's convention; choose one.
+        """
+        if causal and self.kind == "causal_top_left":
+            raise ValueError("mask causal_top_left is causal aligned top-left; causal: true "
+                             "(bottom-right) cannot be added to it; use one of them")  # fmt: skip
         if not causal or self.is_causal:
             return self.normalized()
         return replace(self, causal=True).normalized()
@@ -136,6 +167,14 @@ class MaskSpec:
             return cls()
         if isinstance(data, str):
             return cls(kind=data).normalized()  # type: ignore[arg-type]
+        if not isinstance(data, dict):
+            raise ValueError(f"mask must be a kind name or a mapping; got {data!r}")
+        if "kind" not in data:
+            raise ValueError(f"mask: needs 'kind'; allowed kinds: {', '.join(MASK_KINDS)}")
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"mask: unknown parameter {unknown[0]!r}; allowed: "
+                             f"{', '.join(cls.__dataclass_fields__)}")  # fmt: skip
         args = dict(data)
         for name in ("window", "doc_lens"):
             if args.get(name) is not None:
@@ -173,6 +212,9 @@ class MaskSpec:
             if self.doc_lens is not None and (not self.doc_lens or min(self.doc_lens) < 1):
                 raise ValueError(f"mask document: doc_lens must be lengths >= 1; got "
                                  f"{list(self.doc_lens)}")  # fmt: skip
+        if self.seed and self.kind not in ("random_block",) and self.num_docs is None:
+            raise ValueError(f"mask {self.kind}: seed applies only to random_block and to "
+                             f"document with num_docs; got seed {self.seed}")  # fmt: skip
         for name in ("num_docs", "prefix_len", "stride", "block", "num_global"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -109,7 +109,7 @@ def declared_reasons(impl: Impl, case: Any) -> list[str]:
             "gqa": case.kv_heads != case.num_heads, "head_dim_v": case.dim_v != case.head_dim,
             "softmax_scale": case.softmax_scale is not None, "paged_kv": case.page_size is not None,
         }  # fmt: skip
-        return [f"{impl.name} does not support {feature} here" for feature, needed
+        return [f"no support for {feature}" for feature, needed
                 in decode_needs.items() if needed and feature not in impl.features]  # fmt: skip
     if impl.workload != "attention" or workload != "attention":
         return []
@@ -122,14 +122,14 @@ def declared_reasons(impl: Impl, case: Any) -> list[str]:
         "softmax_scale": (case.softmax_scale is not None,
                           f"softmax_scale {case.softmax_scale}"),
     }  # fmt: skip
-    reasons = [f"{impl.name} does not support {what}"
+    reasons = [f"no support for {what}"
                for feature, (needed, what) in needs.items()
                if needed and feature not in impl.features]  # fmt: skip
     if case.mask.kind not in impl.mask_kinds:
-        reasons.append(f"{impl.name} does not support the {case.mask.kind} mask; it takes: "
+        reasons.append(f"no support for the {case.mask.kind} mask; it takes: "
                        f"{', '.join(impl.mask_kinds)}")  # fmt: skip
     elif case.mask.causal and "causal" not in impl.mask_kinds:
-        reasons.append(f"{impl.name} does not support causal masks")
+        reasons.append("no support for causal masks")
     return reasons
 
 

@@ -95,6 +95,14 @@ class Mask(_Strict):
     num_global: Size | None = None
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: Any) -> Any:
+        """YAML's `true` is not a stride or a density (pydantic would read it as 1)."""
+        if info.field_name != "causal" and isinstance(value, bool):
+            raise ValueError("must be a number, not a boolean")
+        return value
+
     @model_validator(mode="after")
     def _params_fit_kind(self) -> Mask:
         self.spec().check_params()  # ValueError naming the parameter and what the kind takes
@@ -142,6 +150,21 @@ class Sweep(_Strict):
         """A bare kind name (`causal`) is the mask of that kind with no parameters."""
         if isinstance(values, list):
             return [{"kind": v} if isinstance(v, str) else v for v in values]
+        return values
+
+    @field_validator("mask")
+    @classmethod
+    def _masks_differ(cls, values: list[Mask]) -> list[Mask]:
+        """Two entries that are one mask (`causal` and `{kind: none, causal: true}`) would be
+        one case under two spellings."""
+        seen: dict[str, Mask] = {}
+        for value in values:
+            slug = value.spec().slug
+            if slug in seen:
+                raise ValueError(f"{value.model_dump(exclude_defaults=True)} is the same mask as "
+                                 f"{seen[slug].model_dump(exclude_defaults=True)}; list each "
+                                 "mask once")  # fmt: skip
+            seen[slug] = value
         return values
 
     @field_validator("*")
@@ -264,6 +287,13 @@ class Suite(_Strict):
         for heads, kv in itertools.product(s.num_heads, s.num_kv_heads):
             if kv is not None and heads % kv:
                 raise ValueError(f"sweep.num_kv_heads: {kv} does not divide num_heads {heads}")
+        if "packed_qkv" in s.input_layout and (
+            any(kv is not None for kv in s.num_kv_heads) or any(d is not None for d in s.head_dim_v)
+            or any(q is not None for q in s.seqlen_q) or any(k is not None for k in s.seqlen_k)
+        ):  # fmt: skip
+            raise ValueError("sweep.input_layout: packed_qkv views q, k, v of one (b, s, 3, h, d) "
+                             "tensor, so it needs null seqlen_q, seqlen_k, num_kv_heads and "
+                             "head_dim_v (equal shapes)")  # fmt: skip
         # only masks with position tables constrain the lengths (harness.masks.shape_reasons)
         specs = [m.spec() for m in s.mask if m.kind in POSITION_TABLE_KINDS]
         axes = itertools.product(s.seq_len, s.seqlen_q, s.seqlen_k) if specs else ()
@@ -271,8 +301,9 @@ class Suite(_Strict):
         for spec, (sq, sk) in itertools.product(specs, lengths):
             problems = spec.shape_reasons(sq, sk)
             if problems:
-                raise ValueError(f"sweep.mask: {problems[0]} (seqlen_q {sq}, seqlen_k {sk}); a "
-                                 "length sweep of documents takes num_docs")  # fmt: skip
+                hint = "; a length sweep of documents takes num_docs" if spec.doc_lens else ""
+                raise ValueError(f"sweep.mask: {problems[0]} (seqlen_q {sq}, seqlen_k {sk})"
+                                 f"{hint}")  # fmt: skip
         return self
 
     def cases(self) -> list[Case]:
@@ -475,8 +506,9 @@ def check_suite(suite: Suite, where: str) -> None:
         for key, default in (("mask", ["full"]), ("input_scale", [1.0]),
                              ("input_layout", ["contiguous"])):  # fmt: skip
             if given[key] != default:
+                shown = "none" if key == "mask" else default[0]
                 raise _error(f"{where}: sweep.{key}: the layer workload takes {key} "
-                             f"{default[0]!r} only (the causal axis sets its mask)")  # fmt: skip
+                             f"{shown!r} only (the causal axis sets its mask)")  # fmt: skip
     if suite.workload == "layer" and None in suite.sweep.hidden:
         raise _error(f"{where}: sweep.hidden: the layer workload needs hidden sizes; got null")
     if suite.workload == "layer":
@@ -499,7 +531,8 @@ def _check_decode(suite: Suite, where: str) -> None:
     for key, default in (("mask", ["full"]), ("causal", [False]),
                          ("input_layout", ["contiguous"]), ("world_size", [1])):  # fmt: skip
         if given[key] != default:
-            raise _error(f"{where}: sweep.{key}: the decode workload takes {key} {default[0]!r} "
+            shown = "none" if key == "mask" else default[0]
+            raise _error(f"{where}: sweep.{key}: the decode workload takes {key} {shown!r} "
                          "only (its mask is the cache's: causal among the new tokens)")  # fmt: skip
     for case in suite.cases():
         if case.sq > case.sk:

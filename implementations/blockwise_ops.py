@@ -419,7 +419,7 @@ def _key_slices(seqlen_k: int, block_k: int, shift: int) -> list[slice]:
                                                        strict=True) if a < seqlen_k]  # fmt: skip
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=4)  # a sweep runs case by case: a few plans are plenty, and their tiles
 def _plan(spec: MaskSpec, sq: int, sk: int, block_q: int, block_k: int, mask_sq: int,
           row_base: int, device: str) -> TilePlan:  # fmt: skip
     dev = torch.device(device)

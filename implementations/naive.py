@@ -41,12 +41,11 @@ def _masking(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Where the (Sq, Sk) scores become -inf, and the (Sq, 1) rows without any key (None when
     every row has one). Built once per mask and shape, like an input of the kernel, not on every
-    timed call; an empty row is left unmasked (a finite softmax), and its output is zeroed."""
+    timed call. An empty row's scores are set to 0 (a finite softmax even where its raw float16
+    scores overflowed, so no NaN reaches dk, dv through it) and its output is zeroed."""
     allowed = spec.dense(sq, sk, device)
     empty = ~allowed.any(-1, keepdim=True)
-    if not bool(empty.any()):
-        return ~allowed, None
-    return ~(allowed | empty), empty
+    return ~allowed, (empty if bool(empty.any()) else None)
 
 
 def naive_attention(q_bhsd: torch.Tensor, k_bhsd: torch.Tensor, v_bhsd: torch.Tensor, *,
@@ -63,6 +62,8 @@ def naive_attention(q_bhsd: torch.Tensor, k_bhsd: torch.Tensor, v_bhsd: torch.Te
     if spec.kind != "none":
         fill, empty = _masking(spec, sq, sk, str(q_bhsd.device))
         scores = scores.view(b, hkv, group, sq, sk).masked_fill(fill, float("-inf"))
+        if empty is not None:
+            scores = scores.masked_fill(empty, 0.0)
         scores = scores.view(b, hkv, group * sq, sk)
     out = (torch.softmax(scores, dim=-1) @ v_bhsd).view(b, hq, sq, v_bhsd.shape[-1])
     return out if empty is None else out.masked_fill(empty, 0.0)

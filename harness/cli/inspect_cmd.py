@@ -142,7 +142,10 @@ def table_cmd(
 
     try:
         check_output_paths({"-o": out_path})
-        text = pivot_markdown(load_rows(run_dir), metric or ["tflops", "peak", "err"])
+        from harness.report.data import normalize
+
+        # normalized as the report reads rows: mask_label and the shape axes exist for any run
+        text = pivot_markdown(normalize(load_rows(run_dir)), metric or ["tflops", "peak", "err"])
     except HarnessError as exc:
         fail(str(exc))
     if out_path is None:

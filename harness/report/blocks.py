@@ -13,6 +13,7 @@ import pandas as pd
 
 from harness.report import models
 from harness.report.common import (
+    axes_title,
     metric_panels,
     slice_options,
     with_lines_and_slices,
@@ -48,7 +49,7 @@ def block_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
     sizes = sorted(sel["block_size"].unique().tolist())
     spec.update_axes("x", tickvals=sizes, ticktext=[str(int(s)) for s in sizes])
     spec.layout["yaxis2"].update(tickformat=".2s", title={"text": "bytes"})
-    spec.control("slice", " · ".join(slice_axes), slice_options(sel))
+    spec.control("slice", axes_title(slice_axes), slice_options(sel))
     return spec.to_dict()
 
 

@@ -292,6 +292,17 @@ def phase_options(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return [{"value": p, "label": p} for p in phases]
 
 
+AXIS_TITLE = {"q_len": "seqlen_q", "k_len": "seqlen_k", "kv_heads": "kv heads",
+              "dim_v": "head_dim_v", "mask_label": "mask", "input_scale": "input scale",
+              "input_layout": "input layout", "softmax_scale": "softmax scale",
+              "page_size": "page size", "cache_dist": "cache lengths"}  # fmt: skip
+
+
+def axes_title(axes: list[str]) -> str:
+    """A slice selector's label: the varying axes in words."""
+    return " · ".join(AXIS_TITLE.get(a, a) for a in axes)
+
+
 def slice_options(frame: pd.DataFrame) -> list[dict[str, Any]]:
     pairs = sorted(set(zip(frame["slice_label"], frame["slice"], strict=True)))
     return [{"value": code, "label": label} for label, code in pairs]

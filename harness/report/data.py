@@ -30,11 +30,12 @@ AXES: tuple[str, ...] = (
     "dim_v", "hidden", "block_size", "dtype", "causal", "mask_label", "softmax_scale",
     "input_scale", "input_layout", "world_size", "seq_layout", "page_size", "cache_dist",
 )  # fmt: skip
+# (axis, value, its shorthand, what the axis reads when they agree: "Sq=S", "kv=h", "dv=d")
 _RELATIVE = (
-    ("q_len", "seqlen_q", "seq_len"),
-    ("k_len", "seqlen_k", "seq_len"),
-    ("kv_heads", "num_kv_heads", "num_heads"),
-    ("dim_v", "head_dim_v", "head_dim"),
+    ("q_len", "seqlen_q", "seq_len", "S"),
+    ("k_len", "seqlen_k", "seq_len", "S"),
+    ("kv_heads", "num_kv_heads", "num_heads", "h"),
+    ("dim_v", "head_dim_v", "head_dim", "d"),
 )
 
 COLUMNS: tuple[str, ...] = (
@@ -122,10 +123,10 @@ def _shape_defaults(frame: pd.DataFrame) -> None:
     for new, old in (("seqlen_q", "seq_len"), ("seqlen_k", "seq_len"),
                      ("num_kv_heads", "num_heads"), ("head_dim_v", "head_dim")):  # fmt: skip
         frame[new] = frame[new].where(frame[new].notna(), frame[old])
-    for axis, value, shorthand in _RELATIVE:
+    for axis, value, shorthand, agree in _RELATIVE:
         same = (frame[value] == frame[shorthand]) | frame[value].isna()
         text = [_int_text(v) for v in frame[value]]
-        frame[axis] = pd.Series(text, index=frame.index, dtype=object).where(~same, "=")
+        frame[axis] = pd.Series(text, index=frame.index, dtype=object).where(~same, agree)
     labels = [mask_label(k, p) for k, p in zip(frame["mask"], frame["mask_params"], strict=True)]
     frame["mask_label"] = pd.Series(labels, index=frame.index, dtype=object)
     frame["softmax_scale"] = frame["softmax_scale"].fillna("default")

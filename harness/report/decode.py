@@ -20,6 +20,7 @@ import pandas as pd
 
 from harness.report.common import (
     FigureSpec,
+    axes_title,
     case_text,
     esc,
     finite,
@@ -103,7 +104,7 @@ def decode_figure(rows: pd.DataFrame,
                 "meta": {"series": name, "metric": metric},
             }, 1, col, controls={"phase": phase, "slice": slice_}, legend_key=name)  # fmt: skip
     spec.control("phase", "phase", phase_options(sel))
-    spec.control("slice", " · ".join(slice_axes), slice_options(sel))
+    spec.control("slice", axes_title(slice_axes), slice_options(sel))
     spec.update_axes("x", **length_ticks(sel["seqlen_k"]))
     return spec.to_dict()
 

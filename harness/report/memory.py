@@ -16,6 +16,7 @@ from harness.report.common import (
     FAIL_COLOR,
     FAIL_SYMBOL,
     FigureSpec,
+    axes_title,
     case_text,
     esc,
     facet_titles,
@@ -152,7 +153,7 @@ def memory_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
         )
     spec.control("phase", "phase", phase_options(sel))
     spec.update_axes("y", tickformat=".2s")
-    spec.control("slice", " · ".join(slice_axes), slice_options(sel))
+    spec.control("slice", axes_title(slice_axes), slice_options(sel))
     spec.update_axes("x", **length_ticks(sel["seq_len"]))
     return spec.to_dict()
 

@@ -16,6 +16,7 @@ import pandas as pd
 
 from harness.report.common import (
     FigureSpec,
+    axes_title,
     case_text,
     finite,
     floats,
@@ -30,6 +31,7 @@ from harness.report.data import DENSE
 from harness.report.sections import figure_section
 
 PLOTTED = ("mask_label", "causal", "phase")
+SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "x")
 
 
 def relative_rows(rows: pd.DataFrame) -> pd.DataFrame:
@@ -71,26 +73,30 @@ def patterns_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
     spec = FigureSpec("Masks: time vs density, relative to dense causal", 460)
     spec.grid([["time ÷ dense-causal time"]], xlog=False, ylog=False,
               xtitle="density ÷ dense-causal density")  # fmt: skip
-    top = float(max(rel["rel_density"].max(), rel["rel_time"].max(), 1.0)) * 1.05
-    for (phase, slice_), _ in grouped(rel, ["phase", "slice"], ["impl"]):
+    for (phase, slice_), g in grouped(rel, ["phase", "slice"], ["rel_density"]):
+        # the ideal spans this view's densities only: autorange then frames its points
+        top = float(max(g["rel_density"].max(), 1.0)) * 1.05
         spec.add({"x": [0, top], "y": [0, top], "mode": "lines", "name": "ideal (∝ density)",
                   "line": {"color": "#999", "dash": "dash", "width": 1}, "hoverinfo": "skip"},
                  role="ideal", controls={"phase": phase, "slice": slice_},
                  legend_key="ideal")  # fmt: skip
     columns = ["rel_density", "rel_time", "text", "time_ms_median", "mask_density"]
+    lengths = sorted(rel["seq_len"].unique().tolist())
     for (phase, slice_, impl, seq), g in grouped(rel, ["phase", "slice", "impl", "seq_len"],
                                                  columns):  # fmt: skip
-        name = f"{impl} S={int(seq)}" if rel["seq_len"].nunique() > 1 else impl
+        name = f"{impl} S={int(seq)}" if len(lengths) > 1 else impl
+        symbol = SYMBOLS[lengths.index(seq) % len(SYMBOLS)]  # lengths of one kernel: one colour
         spec.add({
             "x": floats(g["rel_density"]), "y": floats(g["rel_time"]), "mode": "markers",
-            "name": name, "marker": {"size": 9, "color": colors.get(impl, "#333")},
+            "name": name,
+            "marker": {"size": 9, "color": colors.get(impl, "#333"), "symbol": symbol},
             "text": list(g["text"]), "customdata": floats(g["time_ms_median"]),
             "hovertemplate": template(f"{name} · {phase}", [
                 ("time ÷ causal", "%{y:.3g}"), ("density ÷ causal", "%{x:.3g}"),
                 ("time (ms)", "%{customdata:.4g}")]),
         }, controls={"phase": phase, "slice": slice_}, legend_key=name)  # fmt: skip
     spec.control("phase", "phase", phase_options(rel))
-    spec.control("slice", " · ".join(slice_axes), slice_options(rel))
+    spec.control("slice", axes_title(slice_axes), slice_options(rel))
     return spec.to_dict()
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 from harness.measure.peaks import peak_tflops
 from harness.report.common import (
     FigureSpec,
+    axes_title,
     case_text,
     esc,
     finite,
@@ -228,7 +229,7 @@ def roofline_figure(rows: pd.DataFrame,
     spec.control("phase", "phase", phase_options(sel))
     workloads = sorted(sel["workload"].unique().tolist())
     spec.control("workload", "workload", [{"value": w, "label": w} for w in workloads])
-    spec.control("slice", " · ".join(slice_axes), _slice_options(sel, workloads[0]))
+    spec.control("slice", axes_title(slice_axes), _slice_options(sel, workloads[0]))
     return spec.to_dict()
 
 

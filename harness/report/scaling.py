@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from harness.report.common import (
+    axes_title,
     finite,
     metric_panels,
     slice_options,
@@ -78,7 +79,7 @@ def scaling_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
     spec.update_axes("x", tickvals=sizes, ticktext=[str(s) for s in sizes])
     spec.layout["yaxis2"].update(tickformat=".2s", title={"text": "bytes"})
     spec.layout["yaxis3"].update(type="linear", rangemode="tozero")
-    spec.control("slice", " · ".join(slice_axes), slice_options(sel))
+    spec.control("slice", axes_title(slice_axes), slice_options(sel))
     return spec.to_dict()
 
 

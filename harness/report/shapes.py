@@ -13,6 +13,7 @@ import pandas as pd
 
 from harness.report.common import (
     FigureSpec,
+    axes_title,
     case_text,
     finite,
     floats,
@@ -60,7 +61,7 @@ def shapes_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
                 "hovertemplate": template(f"{impl} · {phase}", [(label, "%{y:.4g}")]),
             }, 1, col, controls={"phase": phase, "slice": slice_}, legend_key=impl)  # fmt: skip
     spec.control("phase", "phase", phase_options(sel))
-    spec.control("slice", " · ".join(slice_axes), slice_options(sel))
+    spec.control("slice", axes_title(slice_axes), slice_options(sel))
     return spec.to_dict()
 
 

@@ -17,8 +17,10 @@ from harness.errors import HarnessError
 
 # Axes that split tables when they take more than one value in the run (seq_len is the columns).
 SPLIT_AXES = (
-    "workload", "phase", "dtype", "causal", "head_dim", "num_heads", "batch", "block_size",
-    "world_size", "seq_layout", "hidden", "ffn_expansion", "device",
+    "workload", "phase", "dtype", "causal", "mask_label", "seqlen_q", "seqlen_k", "head_dim",
+    "head_dim_v", "num_heads", "num_kv_heads", "softmax_scale", "input_scale", "input_layout",
+    "page_size", "cache_dist", "batch", "block_size", "world_size", "seq_layout", "hidden",
+    "ffn_expansion", "device",
 )  # fmt: skip
 
 

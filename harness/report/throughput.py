@@ -15,6 +15,7 @@ import pandas as pd
 
 from harness.report.common import (
     FigureSpec,
+    axes_title,
     case_text,
     facet_titles,
     facet_values,
@@ -92,7 +93,7 @@ def throughput_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
         {"value": m, "label": label, "relayout": {"title.text": _title(label)}}
         for m, label in METRICS.items()
     ])  # fmt: skip
-    spec.control("slice", " · ".join(slice_axes), slice_options(ok))
+    spec.control("slice", axes_title(slice_axes), slice_options(ok))
     spec.update_axes("x", **length_ticks(ok["seq_len"]))
     return spec.to_dict()
 

@@ -61,10 +61,12 @@ def _case_state(task: Task) -> _CaseState:
     """The seeded full-size inputs (and upstream gradient) of the task's case, made once."""
     key = (task.case, task.device, task.seed)
     if _cache.key != key:
-        _cache.key, _cache.refs, _cache.dout = key, {}, None
-        _cache.inputs = None  # free the previous case's tensors before making new ones
+        # free the previous case's tensors before making new ones; the key is set only once the
+        # inputs exist, so a case whose inputs fail is tried afresh, not left half-cached
+        _cache.key, _cache.refs, _cache.dout, _cache.inputs = None, {}, None, None
         _cache.inputs = get_workload(task.case.workload).make_inputs(task.case, task.device,
                                                                      task.seed)  # fmt: skip
+        _cache.key = key
     if task.phase != "fwd" and _cache.dout is None:
         shape = get_workload(task.case.workload).output_shape(task.case)
         gen = torch.Generator().manual_seed(task.seed + 1)

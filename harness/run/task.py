@@ -72,6 +72,10 @@ def check_runnable(task: Task) -> None:
     # What the case needs beyond the implementation's declared features comes first: its own
     # `unsupported` may assume the classic shapes.
     reasons = declared_reasons(impl, task.case) or list(impl.unsupported(task.case, task.device))
+    if task.case.workload == "attention":
+        from harness.workloads.attention import layout_reasons
+
+        reasons += layout_reasons(task.case)
     if task.phase != "fwd" and not impl.supports_backward:
         reasons.append("no backward pass")
     if task.case.world_size > 1 and impl.distributed is None:

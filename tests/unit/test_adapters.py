@@ -909,7 +909,7 @@ def test_flash_attn_features_and_mask_reasons(name):
     for mask in OTHER_KINDS:
         case = Case(**ok, mask=mask)
         (declared,) = declared_reasons(impl, case)
-        assert f"does not support the {mask['kind']} mask" in declared
+        assert f"no support for the {mask['kind']} mask" in declared
         (reason,) = impl.unsupported(case, "cuda")
         assert f"has no {mask['kind']} mask" in reason and reason.endswith("use flex")
     top_left = Case(**ok, seqlen_q=128, seqlen_k=256, mask="causal_top_left")
@@ -931,7 +931,7 @@ def test_flash_attn_head_dim_v_reasons(monkeypatch):
     fa2, fa3, fa4 = (REGISTRY.get(n) for n in FLASH)
     dv = Case(dtype="bfloat16", head_dim=128, head_dim_v=64)
     (declared,) = declared_reasons(fa2, dv)
-    assert "does not support head_dim_v 64 != head_dim 128" in declared
+    assert "no support for head_dim_v 64 != head_dim 128" in declared
     (reason,) = fa2.unsupported(dv, "cuda")
     assert "head_dim_v == head_dim" in reason
     (reason,) = fa3.unsupported(dv, "cuda")  # hopper/flash_api.cpp: (128, 192] x (96, 128]
@@ -1107,7 +1107,7 @@ def test_xformers_features_and_mask_reasons(monkeypatch, tmp_path, name):
     assert impl.mask_kinds == ("none", "causal", "causal_top_left", "sliding_window", "document")
     for mask in OTHER_KINDS:
         case = Case(dtype="bfloat16", head_dim=64, mask=mask)
-        assert f"does not support the {mask['kind']} mask" in declared_reasons(impl, case)[0]
+        assert f"no support for the {mask['kind']} mask" in declared_reasons(impl, case)[0]
         (reason,) = impl.unsupported(case, "cpu")
         assert f"no {mask['kind']} bias" in reason and reason.endswith("use flex")
     docs = Case(dtype="bfloat16", head_dim=64, seqlen_q=50, seqlen_k=97, mask=DOCS)

@@ -220,3 +220,43 @@ def test_v2_rows_are_upgraded_to_the_shapes_they_meant() -> None:
     assert (new["seqlen_q"], new["seqlen_k"], new["num_kv_heads"], new["head_dim_v"]) == (
         512, 512, 8, 64)  # fmt: skip
     assert new["mask"] == "causal" and new["softmax_scale"] is None
+
+
+def test_prefix_lm_is_not_causal_and_causal_removes_its_lookahead() -> None:
+    prefix = MaskSpec(kind="prefix_lm", prefix_len=3)
+    assert not prefix.is_causal and prefix.dense(6, 6)[0, 2]  # row 0 sees the prefix's key 2
+    assert prefix.with_causal(True) == MaskSpec(kind="causal")
+    assert not Case(seq_len=6, mask=prefix).causal
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"kind": "strided", "stirde": 2}, "unknown parameter 'stirde'; allowed: kind, causal"),
+        ({"kind": "document", "num_docs": 2, "seed": True}, "seed must be an integer"),
+        ({"kind": "sliding_window", "window": [1.7, 0]}, "window must be \\[left, right\\] of"),
+        ({"kind": "document", "doc_lens": [16], "seed": 3}, "seed applies only to random_block"),
+        ({"kind": "random_block", "block": 4, "density": True}, "density must be a number"),
+    ],
+)
+def test_mask_values_of_the_wrong_type_are_value_errors(data, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        MaskSpec.from_dict(data).check_params()
+
+
+def test_a_list_window_is_a_hashable_spec() -> None:
+    spec = MaskSpec(kind="sliding_window", window=[4, 0])  # type: ignore[arg-type]
+    assert spec.window == (4, 0) and hash(spec) == hash(MaskSpec("sliding_window", window=(4, 0)))
+
+
+def test_one_mask_under_two_spellings_is_refused_in_a_suite() -> None:
+    from harness.errors import SuiteError
+    from harness.suite import parse_suite
+
+    data = {"name": "m", "implementations": ["naive"],
+            "sweep": {"mask": ["causal", {"kind": "none", "causal": True}]}}  # fmt: skip
+    with pytest.raises(SuiteError, match="is the same mask as"):
+        parse_suite(data)
+    data["sweep"]["mask"] = [{"kind": "strided", "stride": True}]
+    with pytest.raises(SuiteError, match="must be a number, not a boolean"):
+        parse_suite(data)

@@ -152,3 +152,18 @@ def test_bad_input_is_one_clear_value_error(shapes, kwargs, message) -> None:
     q, k, v = (torch.randn(s) for s in shapes)
     with pytest.raises(ValueError, match=message):
         harness.attention("bpt", q, k, v, **kwargs)
+
+
+@pytest.mark.parametrize("name", MUST_RUN + ("sdpa_flash",))
+def test_float16_rows_without_keys_leave_every_gradient_finite(name: str) -> None:
+    """Rows with no key whose raw float16 scores overflow must not spread NaN into dk, dv."""
+    q = torch.randn(1, 4, 1, 64).half()
+    q[0, :2] = 40.0  # rows 0 and 1 precede both keys (Sq 4 > Sk 2, bottom-right causal)
+    k = torch.full((1, 2, 1, 64), 40.0).half()
+    v = torch.randn(1, 2, 1, 64).half()
+    leaves = [t.requires_grad_(True) for t in (q, k, v)]
+    out = harness.attention(name, *leaves, causal=True)
+    out.float().sum().backward()
+    assert not out[0, :2].any()
+    for leaf in leaves:
+        assert torch.isfinite(leaf.grad).all(), name
