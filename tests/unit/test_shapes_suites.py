@@ -78,3 +78,25 @@ def test_the_shapes_and_sparse_suites_expand(name: str) -> None:
             kinds = {c.mask.kind for c in cases}
             assert {"causal", "sliding_window", "block_sparse", "random_block", "strided",
                     "global_local", "document"} <= kinds  # fmt: skip
+
+
+def test_a_case_whose_inputs_fail_is_not_left_half_cached(monkeypatch) -> None:
+    """Every task of a case whose inputs cannot be made reports that error, not a stale cache."""
+    from harness.workloads.attention import AttentionWorkload
+
+    def fail(self, case, device, seed):
+        raise RuntimeError("cannot make these inputs")
+
+    monkeypatch.setattr(AttentionWorkload, "make_inputs", fail)
+    c = Case(seq_len=33, num_heads=2, head_dim=8)
+    for impl in ("naive", "bpt"):
+        row = execute(Task(case=c, impl=impl, phase="fwd", device="cpu", seed=0, timing=TIMING,
+                           accuracy=ACCURACY))  # fmt: skip
+        assert row["status"] == "error" and "cannot make these inputs" in row["reason"], row
+
+
+def test_packed_qkv_needs_equal_shapes() -> None:
+    row = execute(Task(case=Case(seq_len=32, num_heads=4, num_kv_heads=2, head_dim=8,
+                                 input_layout="packed_qkv"), impl="naive", phase="fwd",
+                       device="cpu", seed=0, timing=TIMING, accuracy=ACCURACY))  # fmt: skip
+    assert row["status"] == "unsupported" and "packed_qkv needs" in row["reason"]
