@@ -19,6 +19,9 @@ _SHORT = {"gqa": "GQA", "seqlen_q_ne_k": "Sq≠Sk", "head_dim_v": "Dv≠D", "sof
 
 def _takes(impl) -> str:  # noqa: ANN001 - an Impl
     """The shapes and masks an attention implementation declares, in a few words."""
+    if impl.workload == "decode":
+        names = {"gqa": "GQA", "head_dim_v": "Dv≠D", "softmax_scale": "scale", "paged_kv": "paged"}
+        return " ".join(names[f] for f in sorted(impl.features) if f in names) or "contiguous"
     if impl.workload != "attention":
         return ""
     from harness.masks import MASK_KINDS
