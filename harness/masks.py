@@ -26,8 +26,9 @@ Kinds (`window` follows flash-attn's `window_size=(left, right)`, -1 meaning unb
     block_sparse     block band: |p // block - kv // block| <= band (block-aligned local)
     global_local     |p - kv| <= window or kv < num_global or 0 <= p < num_global (Longformer,
                      arXiv 2004.05150; the sparse-attention slides' "global+local")
-`causal=True` adds kv <= p to any kind but causal_top_left (refused: two alignments at once); a
-causal document mask is packed-sequence training.
+`causal=True` adds kv <= p to any kind that is not causal already (causal_top_left stays
+top-left aligned: the flag does not mix alignments); a causal document mask is packed-sequence
+training.
 """
 
 from __future__ import annotations
@@ -120,14 +121,9 @@ class MaskSpec:
         return self
 
     def with_causal(self, causal: bool) -> MaskSpec:
-        """This mask and, if `causal`, the causal constraint (kept as is when already causal).
-
-        ValueError for causal_top_left: bottom-right causal on top of it is another mask when
-        seqlen_q != seqlen_k, and a mix of alignments is nobody's convention; choose one.
-        """
-        if causal and self.kind == "causal_top_left":
-            raise ValueError("mask causal_top_left is causal aligned top-left; causal: true "
-                             "(bottom-right) cannot be added to it; use one of them")  # fmt: skip
+        """This mask and, if `causal`, the causal constraint; a mask that is causal already
+        (causal, causal_top_left, a window with right 0) is kept as it is: causal_top_left keeps
+        its top-left alignment (a flag cannot mix two alignments)."""
         if not causal or self.is_causal:
             return self.normalized()
         return replace(self, causal=True).normalized()

@@ -17,11 +17,23 @@ from harness.errors import HarnessError
 
 # Axes that split tables when they take more than one value in the run (seq_len is the columns).
 SPLIT_AXES = (
-    "workload", "phase", "dtype", "causal", "mask_label", "seqlen_q", "seqlen_k", "head_dim",
-    "head_dim_v", "num_heads", "num_kv_heads", "softmax_scale", "input_scale", "input_layout",
+    "workload", "phase", "dtype", "causal", "mask_label", "q_len", "k_len", "head_dim",
+    "dim_v", "num_heads", "kv_heads", "softmax_scale", "input_scale", "input_layout",
     "page_size", "cache_dist", "batch", "block_size", "world_size", "seq_layout", "hidden",
     "ffn_expansion", "device",
 )  # fmt: skip
+
+
+# Axes not worth a word in the header when a run keeps them at their default (the shape axes
+# read "S", "h", "d" where they equal seq_len, num_heads, head_dim: harness/report/data.py).
+_DEFAULTS = {"mask_label": "dense", "softmax_scale": "default", "input_scale": 1.0,
+             "input_layout": "contiguous", "page_size": "contig", "cache_dist": "fixed",
+             "world_size": 1, "q_len": "S", "k_len": "S", "kv_heads": "h",
+             "dim_v": "d"}  # fmt: skip
+
+
+def _is_default(rows: pd.DataFrame, axis: str) -> bool:
+    return axis in _DEFAULTS and bool((rows[axis] == _DEFAULTS[axis]).all())
 
 
 @dataclass(frozen=True)
@@ -80,7 +92,8 @@ def pivot_markdown(rows: pd.DataFrame, metric_names: list[str]) -> str:
         raise HarnessError("the run has no rows")
     axes = [a for a in SPLIT_AXES if a in rows.columns and rows[a].nunique(dropna=False) > 1]
     fixed = {a: rows[a].iloc[0] for a in SPLIT_AXES
-             if a in rows.columns and a not in axes and pd.notna(rows[a].iloc[0])}  # fmt: skip
+             if a in rows.columns and a not in axes and pd.notna(rows[a].iloc[0])
+             and not _is_default(rows, a)}  # fmt: skip
     all_skipped = rows.groupby("impl", sort=False)["status"].agg(lambda s: set(s) == {"skipped"})
     skipped = [impl for impl, flag in all_skipped.items() if flag]
     if "hidden" not in fixed and "hidden" not in axes:  # an FFN setting without a layer workload

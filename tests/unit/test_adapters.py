@@ -401,14 +401,24 @@ def _forget_backends(monkeypatch: pytest.MonkeyPatch) -> None:
     xformers._op.cache_clear()
 
 
+def _installed(module: object) -> bool:
+    """A real package (site-packages), not a fake written under a test's tmp_path."""
+    return "site-packages" in str(getattr(module, "__file__", None) or "")
+
+
 @pytest.fixture(autouse=True)
 def _clean_adapter_caches():
+    before = {n: m for n, m in sys.modules.items() if n.split(".")[0] in BACKEND_PREFIXES}
     yield
     from implementations import flash_attn, xformers
 
-    for name in list(sys.modules):  # fakes imported during the test must not outlive it
-        if name.split(".")[0] in BACKEND_PREFIXES:
+    # fakes imported during the test must not outlive it; a real package stays imported (its
+    # torch ops stay registered, and a second import registers them twice, which torch refuses)
+    for name in list(sys.modules):
+        if name.split(".")[0] in BACKEND_PREFIXES and sys.modules[name] is not before.get(name) \
+                and not _installed(sys.modules[name]):  # fmt: skip
             del sys.modules[name]
+    sys.modules.update(before)
 
     flash_attn._kernel.cache_clear()
     xformers._op.cache_clear()

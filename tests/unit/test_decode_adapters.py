@@ -405,12 +405,22 @@ def _forget_backends(monkeypatch: pytest.MonkeyPatch) -> None:
     _reset_adapters()
 
 
+def _installed(module: object) -> bool:
+    """A real package (site-packages), not a fake written under a test's tmp_path."""
+    return "site-packages" in str(getattr(module, "__file__", None) or "")
+
+
 @pytest.fixture(autouse=True)
 def _clean():
+    before = {n: m for n, m in sys.modules.items() if n.split(".")[0] in PREFIXES}
     yield
-    for name in list(sys.modules):  # fakes imported during the test must not outlive it
-        if name.split(".")[0] in PREFIXES:
+    # fakes imported during the test must not outlive it; a real package stays imported (its
+    # torch ops stay registered, and a second import registers them twice, which torch refuses)
+    for name in list(sys.modules):
+        if name.split(".")[0] in PREFIXES and sys.modules[name] is not before.get(name) \
+                and not _installed(sys.modules[name]):  # fmt: skip
             del sys.modules[name]
+    sys.modules.update(before)
     _reset_adapters()
 
 
@@ -621,9 +631,7 @@ def test_head_dim_v_is_fa3s_alone():
     for name in ("decode_flash_attn2", "decode_xformers", "decode_flashinfer",
                  "decode_flashinfer_prefill"):  # fmt: skip
         case = _case(dtype="bfloat16", head_dim=128, head_dim_v=64)
-        assert declared_reasons(REGISTRY.get(name), case) == [
-            "no support for head_dim_v"
-        ]
+        assert declared_reasons(REGISTRY.get(name), case) == ["no support for head_dim_v"]
         assert any("head_dim_v == head_dim" in r for r in REGISTRY.get(name).unsupported(
             case, "cuda"))  # fmt: skip
     fa3 = REGISTRY.get("decode_flash_attn3")

@@ -222,6 +222,12 @@ def test_v2_rows_are_upgraded_to_the_shapes_they_meant() -> None:
     assert new["mask"] == "causal" and new["softmax_scale"] is None
 
 
+def test_causal_flag_keeps_causal_top_left_top_left() -> None:
+    spec = MaskSpec(kind="causal_top_left").with_causal(True)
+    assert spec == MaskSpec(kind="causal_top_left")
+    assert Case(seq_len=8, seqlen_q=4, mask=spec, causal=True).mask == spec
+
+
 def test_prefix_lm_is_not_causal_and_causal_removes_its_lookahead() -> None:
     prefix = MaskSpec(kind="prefix_lm", prefix_len=3)
     assert not prefix.is_causal and prefix.dense(6, 6)[0, 2]  # row 0 sees the prefix's key 2
