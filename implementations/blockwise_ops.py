@@ -178,6 +178,22 @@ def _fused_fwd(kind: str, q, k, v, *, scale: float, causal: bool, attn_mask):
     return out, lse[..., : q.shape[-2]]  # the kernel pads lse's seq dim to a multiple of 32
 
 
+def _dispatch(q_bhsd: torch.Tensor, k_bhsd: torch.Tensor, v_bhsd: torch.Tensor, causal: bool,
+              mask_tile: torch.Tensor | None, kernel: Kernel,
+              ) -> tuple[int, str | None, bool, torch.Tensor | None]:  # fmt: skip
+    """(GQA groups, fused kernel or None, causal, mask) of one block, forward and backward alike:
+    a causal flag on top of a tile mask is folded into the mask."""
+    sq, sk = q_bhsd.shape[-2], k_bhsd.shape[-2]
+    groups = kv_groups(q_bhsd, k_bhsd)
+    if mask_tile is not None and causal:
+        mask_tile, causal = _allowed(sq, sk, True, mask_tile, mask_tile.device), False
+    kind = None
+    if kernel == "auto":
+        kind = fused_kind(q_bhsd, sq, sk, causal, dim_v=v_bhsd.shape[-1],
+                          masked=mask_tile is not None)  # fmt: skip
+    return groups, kind, causal, mask_tile
+
+
 def block_fwd(
     q_bhsd: torch.Tensor, k_bhsd: torch.Tensor, v_bhsd: torch.Tensor, *, scale: float,
     causal: bool, kernel: Kernel = "auto", mask_tile: torch.Tensor | None = None,
@@ -187,14 +203,7 @@ def block_fwd(
     k, v may have fewer heads than q (GQA); `mask_tile` (sq, sk) bool, True = attend, is applied
     on top of `causal` (top-left).
     """
-    sq, sk = q_bhsd.shape[-2], k_bhsd.shape[-2]
-    groups = kv_groups(q_bhsd, k_bhsd)
-    if mask_tile is not None and causal:
-        mask_tile, causal = _allowed(sq, sk, True, mask_tile, mask_tile.device), False
-    kind = None
-    if kernel == "auto":
-        kind = fused_kind(q_bhsd, sq, sk, causal, dim_v=v_bhsd.shape[-1],
-                          masked=mask_tile is not None)  # fmt: skip
+    groups, kind, causal, mask_tile = _dispatch(q_bhsd, k_bhsd, v_bhsd, causal, mask_tile, kernel)
     if kind is None:
         return torch_block_fwd(q_bhsd, k_bhsd, v_bhsd, scale=scale, causal=causal,
                                mask_tile=mask_tile)  # fmt: skip
@@ -267,14 +276,7 @@ def block_bwd(
     merged out and lse makes each block's gradients its exact share of the full ones. dk, dv have
     k's and v's heads (summed over each GQA group).
     """
-    sq, sk = q_bhsd.shape[-2], k_bhsd.shape[-2]
-    groups = kv_groups(q_bhsd, k_bhsd)
-    if mask_tile is not None and causal:
-        mask_tile, causal = _allowed(sq, sk, True, mask_tile, mask_tile.device), False
-    kind = None
-    if kernel == "auto":
-        kind = fused_kind(q_bhsd, sq, sk, causal, dim_v=v_bhsd.shape[-1],
-                          masked=mask_tile is not None)  # fmt: skip
+    groups, kind, causal, mask_tile = _dispatch(q_bhsd, k_bhsd, v_bhsd, causal, mask_tile, kernel)
     if kind is None:
         return torch_block_bwd(dout_bhsd, q_bhsd, k_bhsd, v_bhsd, out_bhsd, lse_bhs,
                                scale=scale, causal=causal, mask_tile=mask_tile)  # fmt: skip

@@ -19,6 +19,7 @@ import torch
 from harness.case import Case
 from harness.masks import MaskSpec
 from harness.registry import REGISTRY, declared_reasons
+from tests.helpers import fake_backends
 
 FLASH = ("flash_attn2", "flash_attn3", "flash_attn4")
 XFORMERS = ("xformers", "xformers_cutlass", "xformers_flash", "xformers_flash3", "xformers_ck")
@@ -390,55 +391,34 @@ def fake_xformers(*, mismatch: bool = False, forward_error: str | None = None,
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-def _forget_backends(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Drop cached backend modules and the adapters' caches so each test sees its own fakes."""
-    for name in list(sys.modules):
-        if name.split(".")[0] in BACKEND_PREFIXES:
-            monkeypatch.delitem(sys.modules, name)
+def _reset_adapters() -> None:
     from implementations import flash_attn, xformers
 
     flash_attn._kernel.cache_clear()
     xformers._op.cache_clear()
 
 
-def _installed(module: object) -> bool:
-    """A real package (site-packages), not a fake written under a test's tmp_path."""
-    return "site-packages" in str(getattr(module, "__file__", None) or "")
+def _forget_backends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drop cached backend modules and the adapters' caches so each test sees its own fakes."""
+    fake_backends.forget(monkeypatch, BACKEND_PREFIXES, _reset_adapters)
 
 
 @pytest.fixture(autouse=True)
 def _clean_adapter_caches():
-    before = {n: m for n, m in sys.modules.items() if n.split(".")[0] in BACKEND_PREFIXES}
-    yield
-    from implementations import flash_attn, xformers
-
-    # fakes imported during the test must not outlive it; a real package stays imported (its
-    # torch ops stay registered, and a second import registers them twice, which torch refuses)
-    for name in list(sys.modules):
-        if name.split(".")[0] in BACKEND_PREFIXES and sys.modules[name] is not before.get(name) \
-                and not _installed(sys.modules[name]):  # fmt: skip
-            del sys.modules[name]
-    sys.modules.update(before)
-
-    flash_attn._kernel.cache_clear()
-    xformers._op.cache_clear()
+    with fake_backends.fakes_forgotten(BACKEND_PREFIXES):
+        yield
+    _reset_adapters()
 
 
 def _install(monkeypatch: pytest.MonkeyPatch, root: Path, *fakes: dict[str, str]) -> Path:
     _forget_backends(monkeypatch)
-    for files in fakes:
-        for rel, text in files.items():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            (root / rel).write_text(text)
-    monkeypatch.syspath_prepend(str(root))
-    return root
+    return fake_backends.install(monkeypatch, root, *fakes)
 
 
 def _block(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
     """Make `import name` fail exactly as for a package that is not installed."""
     _forget_backends(monkeypatch)
-    for name in names:
-        monkeypatch.setitem(sys.modules, name, None)
+    fake_backends.block(monkeypatch, *names)
 
 
 def _gpu(monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int] | None) -> None:

@@ -24,6 +24,7 @@ import torch
 from harness.case import Case
 from harness.registry import REGISTRY, declared_reasons
 from harness.workloads.decode import DecodeWorkload, attend_cache, cache_of
+from tests.helpers import fake_backends
 
 PREFIXES = ("flash_attn", "flash_attn_interface", "flash_attn_3", "xformers", "flashinfer")
 DECODE = ("decode_flash_attn2", "decode_flash_attn3", "decode_xformers", "decode_flashinfer",
@@ -399,44 +400,24 @@ def _reset_adapters() -> None:
 
 
 def _forget_backends(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(sys.modules):
-        if name.split(".")[0] in PREFIXES:
-            monkeypatch.delitem(sys.modules, name)
-    _reset_adapters()
-
-
-def _installed(module: object) -> bool:
-    """A real package (site-packages), not a fake written under a test's tmp_path."""
-    return "site-packages" in str(getattr(module, "__file__", None) or "")
+    fake_backends.forget(monkeypatch, PREFIXES, _reset_adapters)
 
 
 @pytest.fixture(autouse=True)
 def _clean():
-    before = {n: m for n, m in sys.modules.items() if n.split(".")[0] in PREFIXES}
-    yield
-    # fakes imported during the test must not outlive it; a real package stays imported (its
-    # torch ops stay registered, and a second import registers them twice, which torch refuses)
-    for name in list(sys.modules):
-        if name.split(".")[0] in PREFIXES and sys.modules[name] is not before.get(name) \
-                and not _installed(sys.modules[name]):  # fmt: skip
-            del sys.modules[name]
-    sys.modules.update(before)
+    with fake_backends.fakes_forgotten(PREFIXES):
+        yield
     _reset_adapters()
 
 
 def _install(monkeypatch: pytest.MonkeyPatch, root: Path, *fakes: dict[str, str]) -> None:
     _forget_backends(monkeypatch)
-    for files in fakes:
-        for rel, text in files.items():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            (root / rel).write_text(text)
-    monkeypatch.syspath_prepend(str(root))
+    fake_backends.install(monkeypatch, root, *fakes)
 
 
 def _block(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
     _forget_backends(monkeypatch)
-    for name in names:
-        monkeypatch.setitem(sys.modules, name, None)
+    fake_backends.block(monkeypatch, *names)
 
 
 def _gpu(monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int] | None) -> None:
