@@ -299,6 +299,8 @@ def decode_split_kv(q_bshd: torch.Tensor, cache: KVCache, *, softmax_scale: floa
     hkv, dim_v = cache.num_kv_heads, cache.head_dim_v
     group, rows = heads // hkv, heads // hkv * sq
     scale = softmax_scale if softmax_scale is not None else dim**-0.5
+    if num_splits is not None and num_splits < 1:  # every path, not only the one that splits
+        raise ValueError(f"num_splits must be >= 1; got {num_splits}")
     lens = [int(n) for n in cache.seqlens.tolist()]  # host lengths: one sync on CUDA
     if min(lens) < 1 or max(lens) > cache.capacity:
         cache.check()  # raises the ValueError naming the bad length

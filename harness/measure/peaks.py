@@ -29,6 +29,9 @@ DATASHEETS: dict[str, tuple[float, float, float, str]] = {
     "B200": (8000.0, 2250.0, 75.0, "NVIDIA HGX B200 datasheet (HBM3e 8 TB/s; BF16 2.25 PFLOP/s "
              "dense)"),
 }  # fmt: skip
+# Parts whose names contain a fragment above but whose figures differ (PCIe and NVL boards,
+# A100 40GB): measured instead of given another part's datasheet.
+OTHER_VARIANTS = ("PCIe", "NVL", "40GB")
 
 MIN_COPY_BYTES, MAX_COPY_BYTES = 256 << 20, 1 << 30
 MATMUL_N = 1024
@@ -96,7 +99,7 @@ def device_peaks(device: str, device_name: str = "") -> dict[str, Any]:
     Keys: mem_gbytes_per_s, tflops_fp32, tflops_low (float16/bfloat16; the fp32 probe on a
     measured device), source.
     """
-    if device == "cuda":
+    if device == "cuda" and not any(v in device_name for v in OTHER_VARIANTS):
         for fragment, (bw, low, fp32, source) in DATASHEETS.items():
             if fragment in device_name:
                 return {"mem_gbytes_per_s": bw, "tflops_low": low, "tflops_fp32": fp32,
@@ -107,6 +110,9 @@ def device_peaks(device: str, device_name: str = "") -> dict[str, Any]:
 
 
 def peak_tflops(peaks: dict[str, Any], dtype: str) -> float | None:
+    """The compute roof of `dtype`; None for float64 (no float64 peak is recorded)."""
+    if dtype not in ("float16", "bfloat16", "float32"):
+        return None
     key = "tflops_low" if dtype in ("float16", "bfloat16") else "tflops_fp32"
     value = peaks.get(key)
     return float(value) if value else None

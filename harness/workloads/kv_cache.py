@@ -11,10 +11,15 @@ num_kv_heads).
 Layouts (the field's conventions: vLLM's paged attention, arXiv 2309.06180; flash-attn's
 `block_table`; FlashInfer's page table):
     contiguous  k (batch, max_len, num_kv_heads, head_dim), v (..., head_dim_v); rows past a
-                sequence's length hold garbage that no kernel may read.
+                sequence's length are not part of it.
     paged       k (num_pages, page_size, num_kv_heads, head_dim), v likewise: a pool of pages;
                 `block_table` (batch, pages_per_seq) int32 names the pages of each sequence in
-                order (entries past a sequence's last page are -1 ... or any valid page: ignored).
+                order; entries past a sequence's last page are ignored (-1, or anything).
+Slots outside every sequence (rows past a length, unused pages, the tail of a last page) must
+hold finite values, as a zero-initialised or previously used cache does: the kernels that skip
+them (flash-attn, FlashInfer) would not mind NaN there, but every torch path here multiplies
+them by a zero probability, and 0 · NaN is NaN. The harness's caches (`make_cache`) are finite
+everywhere.
 `check()` raises ValueError for a block table that points outside the pool or lengths beyond a
 sequence's capacity, naming the first bad entry.
 """
@@ -105,9 +110,16 @@ class KVCache:
         if self.block_table is None:
             longest = int(self.seqlens.max())
             return self.k[:, :longest], self.v[:, :longest]
+        self.check()  # a used entry outside the pool is a clear error, not a wrong page
         longest = int(self.seqlens.max())
         page = int(self.page_size or self.k.shape[1])
-        pages = self.block_table[:, : math.ceil(longest / page)].long().clamp(min=0)
+        width = math.ceil(longest / page)
+        pages = self.block_table[:, :width].long()
+        # entries past each sequence's last page are ignored: read page 0 there (masked anyway)
+        used = torch.arange(width, device=pages.device)[None, :] < (
+            (self.seqlens.to(pages.device).long()[:, None] + page - 1) // page
+        )  # fmt: skip
+        pages = torch.where(used, pages, torch.zeros_like(pages))
         k = self.k[pages].flatten(1, 2)[:, :longest]
         v = self.v[pages].flatten(1, 2)[:, :longest]
         return k, v

@@ -124,3 +124,35 @@ def _suite(**sweep):
 def test_decode_suite_rules(data, message) -> None:
     with pytest.raises(SuiteError, match=message):
         parse_suite(data)
+
+
+def test_contiguous_view_of_a_paged_cache_checks_used_entries_and_ignores_the_rest() -> None:
+    k, v = _kv(batch=2, length=8, heads=1, dim=4, dim_v=4)
+    pool_k = torch.cat([k[0].view(2, 4, 1, 4), k[1, :4].view(1, 4, 1, 4)])
+    pool_v = torch.cat([v[0].view(2, 4, 1, 4), v[1, :4].view(1, 4, 1, 4)])
+    lens = torch.tensor([8, 4], dtype=torch.int32)
+    ok = KVCache(k=pool_k, v=pool_v, seqlens=lens, page_size=4,
+                 block_table=torch.tensor([[0, 1], [2, 99]], dtype=torch.int32))  # fmt: skip
+    kc, _ = ok.contiguous()  # the 99 lies past sequence 1's only page: never read
+    assert torch.equal(kc[1, :4], k[1, :4])
+    bad = KVCache(k=pool_k, v=pool_v, seqlens=lens, page_size=4,
+                  block_table=torch.tensor([[0, 1], [-1, 2]], dtype=torch.int32))  # fmt: skip
+    with pytest.raises(ValueError, match=r"block_table\[1\]\[0\] = -1 points outside"):
+        bad.contiguous()
+
+
+def test_datasheet_peaks_only_for_the_parts_they_describe(monkeypatch) -> None:
+    from harness.measure import peaks
+
+    monkeypatch.setattr(peaks, "probe", lambda device: {"mem_gbytes_per_s": 1.0,
+                                                        "tflops_fp32": 2.0, "source": "probe"})  # fmt: skip
+    peaks.device_peaks.cache_clear()
+    try:
+        assert peaks.device_peaks("cuda", "NVIDIA H100 80GB HBM3")["mem_gbytes_per_s"] == 3350.0
+        assert peaks.device_peaks("cuda", "NVIDIA H100 PCIe")["source"] == "probe"
+        assert peaks.device_peaks("cuda", "NVIDIA A100-SXM4-40GB")["source"] == "probe"
+    finally:
+        peaks.device_peaks.cache_clear()
+    assert peaks.peak_tflops({"tflops_fp32": 2.0, "tflops_low": 4.0}, "float64") is None
+    assert peaks.fractions({"dtype": "float64", "tflops": 1.0, "gbytes_per_s": 0.5},
+                           {"mem_gbytes_per_s": 1.0, "tflops_fp32": 2.0}) == {"bw_fraction": 0.5}
