@@ -144,8 +144,8 @@ def test_contiguous_view_of_a_paged_cache_checks_used_entries_and_ignores_the_re
 def test_datasheet_peaks_only_for_the_parts_they_describe(monkeypatch) -> None:
     from harness.measure import peaks
 
-    monkeypatch.setattr(peaks, "probe", lambda device: {"mem_gbytes_per_s": 1.0,
-                                                        "tflops_fp32": 2.0, "source": "probe"})  # fmt: skip
+    fake = {"mem_gbytes_per_s": 1.0, "tflops_fp32": 2.0, "source": "probe"}
+    monkeypatch.setattr(peaks, "probe", lambda device: dict(fake))
     peaks.device_peaks.cache_clear()
     try:
         assert peaks.device_peaks("cuda", "NVIDIA H100 80GB HBM3")["mem_gbytes_per_s"] == 3350.0
