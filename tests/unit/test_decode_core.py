@@ -154,5 +154,7 @@ def test_datasheet_peaks_only_for_the_parts_they_describe(monkeypatch) -> None:
     finally:
         peaks.device_peaks.cache_clear()
     assert peaks.peak_tflops({"tflops_fp32": 2.0, "tflops_low": 4.0}, "float64") is None
-    assert peaks.fractions({"dtype": "float64", "tflops": 1.0, "gbytes_per_s": 0.5},
-                           {"mem_gbytes_per_s": 1.0, "tflops_fp32": 2.0}) == {"bw_fraction": 0.5}
+    assert peaks.fractions(
+        {"dtype": "float64", "tflops": 1.0, "gbytes_per_s": 0.5},
+        {"mem_gbytes_per_s": 1.0, "tflops_fp32": 2.0},
+    ) == {"bw_fraction": 0.5}
