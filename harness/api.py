@@ -85,6 +85,10 @@ def attention(
     `ring_attention`), so each one gives its kernel the layout that kernel needs.
     """
     impl = REGISTRY.get(name)
+    if impl.workload == "decode":
+        raise Unavailable(name, "serves the decode workload: call harness.REGISTRY.get(name)"
+                          ".forward(q, cache) with a harness.workloads.kv_cache.KVCache "
+                          "(make_cache builds one)")  # fmt: skip
     if impl.workload != "attention":
         raise Unavailable(name, f"serves the {impl.workload!r} workload, not attention")
     if block_size is not None and (isinstance(block_size, bool) or block_size < 1):

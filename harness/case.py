@@ -76,6 +76,8 @@ class Case:
         put(self, "num_kv_heads", self.num_kv_heads or self.num_heads)
         put(self, "head_dim_v", self.head_dim_v or self.head_dim)
         mask = self.mask.with_causal(self.causal)
+        if self.workload == "decode":  # the cache's own mask: causal among the new tokens
+            mask = MaskSpec(kind="causal") if (self.seqlen_q or 1) > 1 else MaskSpec()
         if mask.kind == "causal_top_left" and self.seqlen_q == self.seqlen_k:
             mask = MaskSpec(kind="causal")  # the two alignments agree on a square
         mask.check_params()

@@ -526,14 +526,29 @@ def _check_decode(suite: Suite, where: str) -> None:
     if s.phase != ["fwd"]:
         raise _error(f"{where}: sweep.phase: the decode workload is forward only; allowed: fwd; "
                      f"got {s.phase}")  # fmt: skip
-    given = {"mask": [m.spec().slug for m in s.mask], "causal": s.causal,
-             "input_layout": s.input_layout, "world_size": s.world_size}  # fmt: skip
-    for key, default in (("mask", ["full"]), ("causal", [False]),
-                         ("input_layout", ["contiguous"]), ("world_size", [1])):  # fmt: skip
+    # keys the decode workload does not read: refused rather than silently collapsed
+    why = {"mask": "its mask is the cache's: causal among the new tokens",
+           "causal": "its mask is the cache's: causal among the new tokens",
+           "input_layout": "the cache is its layout", "world_size": "one device",
+           "block_size": "implementations choose their own splits",
+           "input_scale": "its inputs are not scaled", "seqlen_k": "the cache length is cache_len",
+           "hidden": "no layer", "ffn_expansion": "no layer",
+           "seq_layout": "one device"}  # fmt: skip
+    defaults = {"mask": ["full"], "causal": [False], "input_layout": ["contiguous"],
+                "world_size": [1], "block_size": [None], "input_scale": [1.0],
+                "seqlen_k": [None], "hidden": [None], "ffn_expansion": [4],
+                "seq_layout": ["contiguous"]}  # fmt: skip
+    given = {k: getattr(s, k) for k in defaults}
+    given["mask"] = [m.spec().slug for m in s.mask]
+    for key, default in defaults.items():
         if given[key] != default:
-            shown = "none" if key == "mask" else default[0]
-            raise _error(f"{where}: sweep.{key}: the decode workload takes {key} {shown!r} "
-                         "only (its mask is the cache's: causal among the new tokens)")  # fmt: skip
+            shown = {"mask": "none", "causal": "false"}.get(key, default[0])
+            shown = "null" if shown is None else shown
+            raise _error(f"{where}: sweep.{key}: the decode workload takes {key} {shown} only "
+                         f"({why[key]}); got {given[key]}")  # fmt: skip
+    if "seq_len" in s.model_fields_set and "cache_len" in s.model_fields_set:
+        raise _error(f"{where}: sweep.seq_len: a decode suite names its cache length cache_len; "
+                     "give cache_len, not seq_len")  # fmt: skip
     for case in suite.cases():
         if case.sq > case.sk:
             raise _error(f"{where}: sweep.seqlen_q: {case.sq} new tokens do not fit a cache of "

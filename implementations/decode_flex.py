@@ -88,6 +88,7 @@ def decode_flex(q_bshd: torch.Tensor, cache: KVCache, *,
                 softmax_scale: float | None = None) -> torch.Tensor:  # fmt: skip
     from torch.nn.attention import flex_attention as flex
 
+    cache.check_query(q_bshd)
     batch, sq = q_bshd.shape[:2]
     q_bhsd = q_bshd.transpose(1, 2)
     k_bhsd, v_bhsd = _kv_bhsd(cache)

@@ -23,6 +23,7 @@ from harness.workloads.kv_cache import KVCache
 
 def decode_naive(q_bshd: torch.Tensor, cache: KVCache, *,
                  softmax_scale: float | None = None) -> torch.Tensor:  # fmt: skip
+    cache.check_query(q_bshd)
     batch, sq, heads, dim = q_bshd.shape
     hkv = cache.num_kv_heads
     group = heads // hkv

@@ -38,6 +38,7 @@ def _needs_mask(cache: KVCache, sq: int) -> bool:
 
 def _decode_sdpa(backend: SDPBackend, q_bshd: torch.Tensor, cache: KVCache, *,
                  softmax_scale: float | None = None) -> torch.Tensor:  # fmt: skip
+    cache.check_query(q_bshd)
     sq = q_bshd.shape[1]
     k_bshd, v_bshd = cache.contiguous()
     q_bhsd, k_bhsd, v_bhsd = (t.transpose(1, 2) for t in (q_bshd, k_bshd, v_bshd))

@@ -295,6 +295,7 @@ def _gathered(
 
 def decode_split_kv(q_bshd: torch.Tensor, cache: KVCache, *, softmax_scale: float | None = None,
                     num_splits: int | None = None) -> torch.Tensor:  # fmt: skip
+    cache.check_query(q_bshd)
     batch, sq, heads, dim = q_bshd.shape
     hkv, dim_v = cache.num_kv_heads, cache.head_dim_v
     group, rows = heads // hkv, heads // hkv * sq

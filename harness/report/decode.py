@@ -114,6 +114,8 @@ def _add_peaks(spec: FigureSpec, view: pd.DataFrame, peaks: dict[str, dict[str, 
     """Per run in the view: its peak bandwidth (left) and fraction 1 (right), dashed, across the
     view's cache lengths."""
     xs = [float(view["seqlen_k"].min()), float(view["seqlen_k"].max())]
+    if xs[0] == xs[1]:  # one cache length: a short visible segment around it (log axis)
+        xs = [xs[0] / 1.5, xs[1] * 1.5]
     for run in sorted(view["run_id"].astype(str).unique()):
         bw = bandwidth(peaks.get(run))
         if bw is None:

@@ -49,7 +49,10 @@ METRICS = {
     "time": Metric("time_ms_median", "median time, ms", 1.0, "{:.3g}"),
     "peak": Metric("peak_mem_bytes", "peak device memory, MiB", 1 / 2**20, "{:.4g}"),
     "err": Metric("err_rel_l2", "relative L2 error vs float64", 1.0, "{:.1e}"),
-}
+    "gbps": Metric("gbytes_per_s", "achieved bandwidth, GB/s (bytes moved ÷ time)", 1.0,
+                   "{:.3g}"),
+    "bw": Metric("bw_fraction", "fraction of the device's peak bandwidth", 1.0, "{:.2f}"),
+}  # fmt: skip
 
 
 def _cell(row: pd.Series, metric: Metric) -> str:

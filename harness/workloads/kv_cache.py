@@ -92,6 +92,17 @@ class KVCache:
                     raise ValueError(f"block_table[{b}][{j}] = {p} points outside the page pool "
                                      f"of {pool} pages; allowed: 0 .. {pool - 1}")  # fmt: skip
 
+    def check_query(self, q_bshd: torch.Tensor) -> None:
+        """ValueError unless q (batch, seqlen_q, num_heads, head_dim) goes with this cache:
+        the same batch and head_dim, num_heads a multiple of num_kv_heads."""
+        shape = tuple(q_bshd.shape)
+        if len(shape) != 4 or shape[0] != self.batch or shape[3] != self.head_dim \
+                or shape[2] % self.num_kv_heads:  # fmt: skip
+            raise ValueError(f"q {tuple(q_bshd.shape)} does not go with a cache of batch "
+                             f"{self.batch}, {self.num_kv_heads} kv heads, head_dim "
+                             f"{self.head_dim}; q must be (batch, seqlen_q, num_heads, head_dim) "
+                             "with num_heads a multiple of num_kv_heads")  # fmt: skip
+
     def gather(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Sequence b's keys and values, (seqlens[b], num_kv_heads, head_dim[_v]) (a copy when
         paged)."""

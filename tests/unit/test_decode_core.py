@@ -158,3 +158,28 @@ def test_datasheet_peaks_only_for_the_parts_they_describe(monkeypatch) -> None:
         {"dtype": "float64", "tflops": 1.0, "gbytes_per_s": 0.5},
         {"mem_gbytes_per_s": 1.0, "tflops_fp32": 2.0},
     ) == {"bw_fraction": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("sweep", "message"),
+    [
+        ({"block_size": [64, 128]}, "takes block_size null only"),
+        ({"input_scale": [100.0]}, "its inputs are not scaled"),
+        ({"seqlen_k": [1024]}, "the cache length is cache_len"),
+        ({"seq_len": [128]}, "give cache_len, not seq_len"),
+    ],
+)
+def test_decode_suites_refuse_keys_decode_does_not_read(sweep, message) -> None:
+    with pytest.raises(SuiteError, match=message):
+        parse_suite(_suite(**sweep))
+
+
+def test_a_query_that_does_not_fit_the_cache_is_one_clear_error() -> None:
+    from harness.registry import REGISTRY
+
+    k, v = _kv(batch=1, length=16, heads=1, dim=8, dim_v=8)
+    cache = make_cache(k, v, torch.tensor([16]), page_size=None, seed=0)
+    q = torch.randn(2, 1, 4, 8)  # batch 2 against a cache of batch 1
+    for name in ("decode_naive", "decode_sdpa_math", "decode_split_kv"):
+        with pytest.raises(ValueError, match="does not go with a cache of batch 1"):
+            REGISTRY.get(name).forward(q, cache)
