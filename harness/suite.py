@@ -257,6 +257,20 @@ class Suite(_Strict):
     def _implementations_once(cls, values: list[str]) -> list[str]:
         return _each_once(values)
 
+    def warnings(self) -> list[str]:
+        """Lines worth a warning before a run (legal, but probably not what was meant)."""
+        t, need = self.timing, self.compare.min_samples
+        out = []
+        if t.min_repeats < need:
+            when = "can time-gate none of its rows"
+            if t.repeats >= need:
+                when = f"cannot time-gate a row that max_time_s ({t.max_time_s:g} s) stops early"
+            out.append(f"timing.min_repeats ({t.min_repeats}) is below compare.min_samples "
+                       f"({need}): `harness compare` {when} (verdict `ungated`, "
+                       f"too few samples); raise timing.min_repeats (and timing.repeats) to "
+                       f"{need}")  # fmt: skip
+        return out
+
     @model_validator(mode="after")
     def _timing_consistent(self) -> Suite:
         if self.timing.min_repeats > self.timing.repeats:

@@ -139,6 +139,7 @@ def run(
                 done = run_dir.done_keys()
                 tasks = [task for task in tasks if task.key not in done]
         if dry_run:
+            _warn(suite)
             for task in tasks:
                 say(f"{task.case.name}  {task.impl}  {task.phase}", to_err=False)
             num_cases = len({task.case.name for task in tasks})
@@ -153,6 +154,7 @@ def run(
     except HarnessError as exc:
         fail(str(exc))
     say(f"run directory: {run_dir.path}")
+    _warn(suite)  # after every refusal: an error stays one line
     progress = _progress_printer(len(tasks))
     try:
         with stop_on_signals():  # SIGINT, SIGTERM, SIGHUP: every worker killed at once
@@ -194,6 +196,12 @@ def _exit_now(code: int) -> NoReturn:
         with suppress(OSError, ValueError):
             stream.flush()
     os._exit(code)
+
+
+def _warn(suite: Any) -> None:
+    """A suite that runs, but not as meant (harness.suite.Suite.warnings)."""
+    for line in suite.warnings():
+        say(f"warning: {line}")
 
 
 def _provenance(device: str, seed: int, threads: int | None) -> dict[str, Any]:

@@ -3,9 +3,16 @@
 Time is noisy, so a time regression needs both an effect and evidence: the median ratio above
 1 + time_tol *and* a one-sided Mann-Whitney U test on the raw samples below alpha, with at least
 min_samples on each side (the approach of asv's `compare` and of pytorch's operator benchmarks:
-effect size plus a rank test, not means). The ratio's confidence interval is a percentile
-bootstrap of median(candidate) / median(baseline). Memory and error are near-deterministic and gate
-on tolerances alone. Status changes away from `ok` are always regressions.
+effect size plus a rank test, not means), *and* a (1 - alpha) percentile-bootstrap confidence
+interval of median(candidate) / median(baseline) that excludes 1.0 (a row whose interval contains
+1.0 is neither a regression nor an improvement). An improvement is the mirror image. Each row's
+p-value is the one-sided test in the direction of its median ratio; `compare` tests every row of
+two runs at once, so it decides those p-values after the Benjamini-Hochberg step
+(`scipy.stats.false_discovery_control`) across all rows that reached one: the false discovery rate,
+not each row's error, is held at alpha. A row with fewer than min_samples samples on a side cannot
+be time-gated and its verdict says so (`ungated`), never `unchanged`. Memory and error are
+near-deterministic and gate on tolerances alone. Status changes away from `ok` are always
+regressions.
 
 A NaN or an infinity is never compared like a number (every comparison with NaN is False, so it
 would pass silently). Per gated metric (time and its samples, throughput, peak memory, every error):
@@ -221,7 +228,10 @@ class RowResult:
     norm_time: TimeStats | None = None
     mem_ratio: float | None = None
     err_ratio: float | None = None
-    ungated: list[str] = field(default_factory=list)  # metrics not finite in the baseline
+    # metrics that could not be gated: not finite in the baseline, or time with too few samples
+    ungated: list[str] = field(default_factory=list)
+    p_value: float | None = None  # the gated time test's one-sided p, in the ratio's direction
+    p_adjusted: float | None = None  # that p after Benjamini-Hochberg across compare's rows
 
     @property
     def severity(self) -> float:
@@ -314,19 +324,41 @@ def _check_comparable(base: Run, cand: Run) -> list[str]:
     return notes
 
 
-def _judge_time(res: RowResult, stats_: TimeStats, s: CompareSettings, what: str) -> None:
+def _judge_time(res: RowResult, stats_: TimeStats, s: CompareSettings, what: str,
+                p_adjusted: float | None) -> None:  # fmt: skip
+    """Time verdict: effect beyond time_tol, p (BH-adjusted when given) below alpha, and a CI
+    (when computed) that excludes 1.0; too few samples make the row `ungated`."""
     if min(stats_.num_base, stats_.num_cand) < s.min_samples:
+        res.ungated.append(what)
         res.notes.append(f"{what}: {stats_.num_base}/{stats_.num_cand} samples, fewer than "
-                         f"min_samples {s.min_samples}; not gated")  # fmt: skip
+                         f"min_samples {s.min_samples}; not gated (too few samples)")  # fmt: skip
         return
+    slower = stats_.ratio >= 1
+    p_raw = stats_.p_slower if slower else stats_.p_faster
+    res.p_value = p_raw
+    res.p_adjusted = p_adjusted
+    p = p_adjusted if p_adjusted is not None else p_raw
+    if p is None:  # unreachable with min_samples >= 2; never gate without evidence
+        p = 1.0
+    p_txt = f"BH-adjusted p={p:.3g}" if p_adjusted is not None else f"p={p:.3g}"
+    has_ci = stats_.ci_low is not None and stats_.ci_high is not None
+    ci_has_one = has_ci and stats_.ci_low <= 1.0 <= stats_.ci_high  # type: ignore[operator]
+    ci_txt = f", CI [{stats_.ci_low:.3g}, {stats_.ci_high:.3g}]" if has_ci else ""
     pct = (stats_.ratio - 1) * 100
-    if stats_.ratio > 1 + s.time_tol:
-        if stats_.p_slower is not None and stats_.p_slower < s.alpha:
-            res.reasons.append(f"{what} {pct:+.1f}% (p={stats_.p_slower:.3g})")
-        else:
-            res.notes.append(f"{what} {pct:+.1f}% but not significant (p={stats_.p_slower:.3g})")
-    elif stats_.ratio < 1 - s.time_tol and (stats_.p_faster or 1.0) < s.alpha:
-        res.notes.append(f"improved: {what} {pct:+.1f}% (p={stats_.p_faster:.3g})")
+    beyond = stats_.ratio > 1 + s.time_tol if slower else stats_.ratio < 1 - s.time_tol
+    if not beyond:
+        return
+    if p >= s.alpha:
+        if slower:
+            res.notes.append(f"{what} {pct:+.1f}% but not significant ({p_txt}{ci_txt})")
+    elif ci_has_one:
+        res.notes.append(f"{what} {pct:+.1f}% ({p_txt}) but its CI [{stats_.ci_low:.3g}, "
+                         f"{stats_.ci_high:.3g}] contains 1.0; not a "
+                         f"{'regression' if slower else 'change'}")  # fmt: skip
+    elif slower:
+        res.reasons.append(f"{what} {pct:+.1f}% ({p_txt}{ci_txt})")
+    else:
+        res.notes.append(f"improved: {what} {pct:+.1f}% ({p_txt}{ci_txt})")
 
 
 def _judge_memory(res: RowResult, b: dict[str, Any], c: dict[str, Any], s: CompareSettings) -> None:
@@ -427,17 +459,17 @@ def _judge_finite(res: RowResult, b: Side, c: Side, s: CompareSettings) -> set[s
 
 
 def _compare_ok(res: RowResult, b: Side, c: Side, s: CompareSettings, same_device: bool,
-                ci: bool) -> None:  # fmt: skip
+                ci: bool, p_adjusted: float | None) -> None:  # fmt: skip
     res.base_time_ms, res.cand_time_ms = b.row.get(TIME), c.row.get(TIME)
     skip = _judge_finite(res, b, c, s)
     if TIME not in skip and f"time vs {s.normalize_to}" not in res.ungated:
-        _compare_time(res, b, c, s, same_device, ci)
+        _compare_time(res, b, c, s, same_device, ci, p_adjusted)
     _judge_memory(res, b.row, c.row, s)
     _judge_error(res, b.row, c.row, s)
 
 
 def _compare_time(res: RowResult, b: Side, c: Side, s: CompareSettings, same_device: bool,
-                  ci: bool) -> None:  # fmt: skip
+                  ci: bool, p_adjusted: float | None) -> None:  # fmt: skip
     confidence = 1 - s.alpha
     if b.samples and c.samples:
         res.time = time_stats(b.samples, c.samples, confidence=confidence, ci=ci)
@@ -448,32 +480,35 @@ def _compare_time(res: RowResult, b: Side, c: Side, s: CompareSettings, same_dev
         nb, nc = b.normalized(), c.normalized()
         if nb and nc:
             res.norm_time = time_stats(nb, nc, confidence=confidence, ci=ci)
-            _judge_time(res, res.norm_time, s, f"time vs {ref}")
+            _judge_time(res, res.norm_time, s, f"time vs {ref}", p_adjusted)
         else:
             res.notes.append(f"no ok {ref} row with samples in this case; time not gated")
     elif res.time is not None:
         if ref is None or same_device:
-            _judge_time(res, res.time, s, "time")
+            _judge_time(res, res.time, s, "time", p_adjusted)
         else:
             res.notes.append("reference implementation across devices: raw time not gated")
 
 
 def judge(
     base: Side | None, cand: Side | None, settings: CompareSettings, *, expected: bool = True,
-    same_device: bool = True, ci: bool = True,
+    same_device: bool = True, ci: bool = True, p_adjusted: float | None = None,
 ) -> RowResult:  # fmt: skip
     """The verdict on one row: `base` (baseline row + samples) against `cand` (candidate's).
 
     Verdicts: `new` (no baseline row), `missing` (no candidate row although `expected`, i.e. the
     candidate's suite asks for it: an unfinished run) or `vanished` (not expected), a status
     change (ok -> failed or skipped: `regression`; failed -> ok: `improvement`; otherwise
-    `changed`), and for rows ok on both sides `regression` when time (effect and Mann-Whitney
-    evidence), memory or error says so or one of them stopped being finite, `ungated` when a
-    metric is not finite in the baseline (so it could not be judged), `improvement` when something
-    improved, else `unchanged`.
+    `changed`), and for rows ok on both sides `regression` when time (effect, Mann-Whitney
+    evidence and a CI excluding 1.0), memory or error says so or one of them stopped being finite,
+    `ungated` when a metric is not finite in the baseline or time has fewer than min_samples
+    samples on a side (so it could not be judged), `improvement` when something improved, else
+    `unchanged`.
     `reasons` say why a row regressed, `notes` everything else. `same_device` False stops raw
-    times from gating when normalizing; `ci` False skips the bootstrap interval (it informs the
-    reader, never the verdict), which callers judging thousands of rows can afford to drop.
+    times from gating when normalizing; `ci` False skips the bootstrap interval (then the verdict
+    rests on effect and p alone), which callers judging thousands of rows can afford to drop.
+    `p_adjusted`, when given, replaces the row's time p-value in the decision (`compare` passes the
+    Benjamini-Hochberg-adjusted one); alone, one pair is judged on its raw p-value.
     """
     some = base or cand
     assert some is not None, "judge needs at least one side"
@@ -496,7 +531,7 @@ def judge(
     c = cand.row
     res.cand_status = c["status"]
     if b["status"] == "ok" and c["status"] == "ok":
-        _compare_ok(res, base, cand, settings, same_device, ci)
+        _compare_ok(res, base, cand, settings, same_device, ci, p_adjusted)
         improved = any(n.startswith("improved") for n in res.notes)
         res.verdict = ("regression" if res.reasons else "ungated" if res.ungated
                        else "improvement" if improved else "unchanged")  # fmt: skip
@@ -513,11 +548,22 @@ def judge(
 
 
 def _compare_key(
-    base: Run, cand: Run, key: Key, s: CompareSettings, same_device: bool
-) -> RowResult:
+    base: Run, cand: Run, key: Key, s: CompareSettings, same_device: bool, *, ci: bool = True,
+    p_adjusted: float | None = None,
+) -> RowResult:  # fmt: skip
     ref = s.normalize_to
     return judge(base.side(key, ref), cand.side(key, ref), s, same_device=same_device,
-                 expected=key in cand.rows or cand.expects(key))  # fmt: skip
+                 expected=key in cand.rows or cand.expects(key), ci=ci,
+                 p_adjusted=p_adjusted)  # fmt: skip
+
+
+def bh_adjust(pvalues: Sequence[float]) -> list[float]:
+    """Benjamini-Hochberg adjusted p-values (scipy's `false_discovery_control`, method 'bh')."""
+    if not pvalues:
+        return []
+    from scipy.stats import false_discovery_control
+
+    return [float(p) for p in false_discovery_control(np.asarray(pvalues, float), method="bh")]
 
 
 def _sort_key(r: RowResult) -> tuple[int, float, str, str, str]:
@@ -535,7 +581,13 @@ def compare(baseline: Run, candidate: Run, settings: CompareSettings) -> Compari
                            f"allowed: {', '.join(impls)}")  # fmt: skip
     same_device = baseline.device_name == candidate.device_name
     keys = sorted(baseline.rows.keys() | candidate.rows.keys())
-    rows = [_compare_key(baseline, candidate, k, settings, same_device) for k in keys]
+    # first the p-values alone (no bootstrap), then every row judged on its BH-adjusted p
+    raw = [_compare_key(baseline, candidate, k, settings, same_device, ci=False).p_value
+           for k in keys]  # fmt: skip
+    tested = [(i, p) for i, p in enumerate(raw) if p is not None]
+    adjusted = dict(zip([i for i, _ in tested], bh_adjust([p for _, p in tested]), strict=True))
+    rows = [_compare_key(baseline, candidate, k, settings, same_device, p_adjusted=adjusted.get(i))
+            for i, k in enumerate(keys)]  # fmt: skip
     rows.sort(key=_sort_key)
     return Comparison(baseline, candidate, settings, rows, notes)
 

@@ -3,47 +3,43 @@ read our runs.
 
 One benchmark per ok row that has raw samples: group = case + phase (so implementations line up
 side by side), name = `impl[case-phase]`, times in seconds as pytest-benchmark stores them. The
-statistics follow pytest-benchmark's definitions (quartiles, 1.5 IQR fences, ops = 1 / mean).
+statistics are pytest-benchmark's own (`pytest_benchmark.stats.Stats`, a test extra imported only
+when exporting).
 """
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import Any
 
+from harness.errors import HarnessError
 from harness.results import RunDir, write_json_atomic
 
 FORMAT_VERSION = "5.1.0"  # the pytest-benchmark release whose JSON layout this follows
 _EXTRA = ("tflops", "tokens_per_s", "peak_mem_bytes", "err_rel_l2", "err_naive_same_dtype_rel_l2",
-          "device", "dtype", "seq_len", "batch", "num_heads", "head_dim", "causal")  # fmt: skip
-
-
-def _quartiles(data: list[float]) -> tuple[float, float]:
-    if len(data) < 2:
-        return data[0], data[0]
-    q = statistics.quantiles(data, n=4)
-    return q[0], q[2]
+          "device", "dtype", "seq_len", "seqlen_q", "seqlen_k", "batch", "num_heads",
+          "num_kv_heads", "head_dim", "head_dim_v", "causal", "mask", "mask_density",
+          "bytes_moved", "gbytes_per_s", "page_size", "cache_dist")  # fmt: skip
 
 
 def stats(samples_s: list[float]) -> dict[str, Any]:
-    data = sorted(samples_s)
-    mean = statistics.fmean(data)
-    stddev = statistics.stdev(data) if len(data) > 1 else 0.0
-    q1, q3 = _quartiles(data)
-    iqr = q3 - q1
-    low_fence, high_fence = q1 - 1.5 * iqr, q3 + 1.5 * iqr
-    ld15 = min(x for x in data if x >= low_fence)
-    hd15 = max(x for x in data if x <= high_fence)
-    iqr_out = sum(1 for x in data if x < low_fence or x > high_fence)
-    sd_out = sum(1 for x in data if x < mean - stddev or x > mean + stddev)
-    return {
-        "min": data[0], "max": data[-1], "mean": mean, "stddev": stddev, "rounds": len(data),
-        "median": statistics.median(data), "iqr": iqr, "q1": q1, "q3": q3,
-        "iqr_outliers": iqr_out, "stddev_outliers": sd_out, "outliers": f"{sd_out};{iqr_out}",
-        "ld15iqr": ld15, "hd15iqr": hd15, "ops": 1.0 / mean if mean > 0 else 0.0,
-        "total": sum(data), "data": list(samples_s), "iterations": 1,
-    }  # fmt: skip
+    """pytest-benchmark's own statistics (`pytest_benchmark.stats.Stats`) of the samples, so an
+    exported run reads exactly as pytest-benchmark would have reported it."""
+    if not samples_s:
+        raise HarnessError("cannot export a benchmark without samples")
+    try:
+        from pytest_benchmark.stats import Stats
+    except ImportError as e:
+        raise HarnessError(
+            "exporting to pytest-benchmark needs the pytest-benchmark package: "
+            "pip install pytest-benchmark"
+        ) from e
+    st = Stats()
+    for t in samples_s:
+        st.update(float(t))
+    out: dict[str, Any] = st.as_dict()
+    out.update({"data": list(samples_s), "iterations": 1})
+    return out
 
 
 def to_pytest_benchmark(run_path: str | Path) -> dict[str, Any]:

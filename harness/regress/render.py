@@ -2,7 +2,8 @@
 
 Reasons quote rows verbatim (`status ok -> error: [/__w/.../pair.cc:537] Read error`), so the
 terminal table is built of rich `Text` (never markup) and Markdown escapes only what would end a
-cell. Rows compare could not gate (`ungated`: a NaN or infinity in the baseline) are always listed.
+cell. Rows compare could not gate (`ungated`: too few samples, or a NaN or infinity in the
+baseline) are always listed.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def headline(cmp: Comparison) -> str:
     counts = ", ".join(f"{n} {v}" for v, n in cmp.counts().items())
     word = "REGRESSION" if cmp.failed else "no regression"
     if ungated := len(cmp.by_verdict("ungated")):
-        word += f" ({ungated} rows not gated: NaN or inf)"
+        word += f" ({ungated} rows not gated: too few samples, NaN or inf)"
     return (f"{word}: {cmp.candidate.run_id} vs baseline {cmp.baseline.run_id} ({counts}; "
             f"{len(cmp.rows)} rows)")  # fmt: skip
 
@@ -67,8 +68,9 @@ def thresholds(cmp: Comparison) -> str:
     s = cmp.settings
     norm = f", normalized to {s.normalize_to}" if s.normalize_to else ""
     return (
-        f"time > +{s.time_tol:.0%} with Mann-Whitney p < {s.alpha:g} (>= {s.min_samples} "
-        f"samples){norm}; memory > +{s.mem_tol:.0%} (and > {s.mem_floor_bytes} B); "  # fmt: skip
+        f"time > +{s.time_tol:.0%} with Mann-Whitney p < {s.alpha:g} (Benjamini-Hochberg "
+        f"adjusted across rows, >= {s.min_samples} samples) and a CI excluding 1{norm}; "
+        f"memory > +{s.mem_tol:.0%} (and > {s.mem_floor_bytes} B); "  # fmt: skip
         f"error > {s.err_factor:g}x baseline or above the naive-low-precision rule"
     )
 

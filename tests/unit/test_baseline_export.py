@@ -50,8 +50,46 @@ def test_promote_refuses_failed_rows_and_empty_runs(tmp_path):
 def test_pytest_benchmark_stats_follow_its_definitions():
     s = stats([1.0, 2.0, 3.0, 4.0, 100.0])
     assert s["median"] == 3.0 and s["rounds"] == 5 and s["min"] == 1.0 and s["max"] == 100.0
-    assert s["q1"] == 1.5 and s["q3"] == 52.0 and s["iqr"] == 50.5
+    assert s["q1"] == 1.75 and s["q3"] == 28.0 and s["iqr"] == 26.25  # its Method 3 quartiles
     assert s["ops"] == pytest.approx(1 / 22.0) and s["total"] == 110.0
+    s = stats([0.55, 0.7, 0.77, 1.1, 1.33, 3.17])  # the example
+    assert s["q1"] == 0.7 and s["q3"] == 1.33 and s["iqr_outliers"] == 1
+
+
+@pytest.mark.parametrize(
+    "data",
+    [[0.55, 0.7, 0.77, 1.1, 1.33, 3.17], [1.0, 2.0, 3.0, 4.0, 100.0], [2.5], [3.0, 1.0],
+     [5.0, 5.0, 5.0], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], [9.0, 1.0, 8.0, 2.0, 7.0, 3.0, 6.0, 4.0],
+     samples(10.0, 0.05, n=13), samples(3.0, 0.3, n=30)],
+)  # fmt: skip
+def test_exported_statistics_equal_pytest_benchmark_stats(data):
+    from pytest_benchmark.stats import Stats
+
+    ref = Stats()
+    for t in data:
+        ref.update(t)
+    s = stats(data)
+    assert {k: s[k] for k in Stats.fields} == ref.as_dict()
+    assert s["data"] == data and s["iterations"] == 1
+
+
+def test_export_says_how_to_install_pytest_benchmark_when_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pytest_benchmark.stats", None)
+    with pytest.raises(HarnessError, match="pip install pytest-benchmark"):
+        stats([1.0, 2.0])
+
+
+def test_export_carries_the_row_fields_as_extra_info(tmp_path):
+    row = ok_row(time_ms=samples(10.0, 0.05))
+    row.update(seqlen_q=64, seqlen_k=128, num_kv_heads=2, head_dim_v=32, mask="sliding_window",
+               mask_density=0.5, bytes_moved=1000, gbytes_per_s=1.5, page_size=16,
+               cache_dist="fixed")  # fmt: skip
+    extra = to_pytest_benchmark(make_run(tmp_path / "r", [row]))["benchmarks"][0]["extra_info"]
+    assert extra["seqlen_q"] == 64 and extra["seqlen_k"] == 128 and extra["num_kv_heads"] == 2
+    assert extra["head_dim_v"] == 32 and extra["mask"] == "sliding_window"
+    assert extra["mask_density"] == 0.5 and extra["bytes_moved"] == 1000
+    assert extra["gbytes_per_s"] == 1.5 and extra["page_size"] == 16
+    assert extra["cache_dist"] == "fixed"
 
 
 def test_export_is_read_by_pytest_benchmark_compare(tmp_path):

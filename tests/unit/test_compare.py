@@ -63,8 +63,8 @@ def test_too_few_samples_do_not_gate_time(tmp_path):
     base = samples(10.0, 0.01, n=4)
     b, c = _pair(tmp_path, [ok_row(time_ms=base)], [ok_row(time_ms=[x * 2 for x in base])])
     row = _only(compare_paths(b, c))
-    assert row.verdict == "unchanged"
-    assert any("min_samples" in n for n in row.notes)
+    assert row.verdict == "ungated" and row.ungated == ["time"]  # visible, never "unchanged"
+    assert any("min_samples" in n and "too few samples" in n for n in row.notes)
     # with 4 + 4 samples the smallest one-sided U-test p-value is 1/70, so it can gate at 0.05
     assert _only(compare_paths(b, c, min_samples=4)).verdict == "regression"
 

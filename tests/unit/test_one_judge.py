@@ -52,7 +52,7 @@ def _old_report_rule(b: dict[str, Any], c: dict[str, Any]) -> str:
 def pair(tmp_path: Path) -> tuple[Path, Path, dict[str, tuple[dict, dict]]]:
     """A baseline and a candidate whose rows cover every kind of verdict."""
     tight, tight2 = samples(10.0, 0.01, seed=1), samples(10.0, 0.01, seed=2)
-    noisy = samples(10.0, 0.3, n=40, seed=3)
+    noisy = samples(10.0, 0.3, n=60, seed=3)  # enough that the ratio's CI excludes 1.0
     rows = {  # name: (baseline row, candidate row)
         "tight_7pct": (_row(_case(256), "chunked", tight),
                        _row(_case(256), "chunked", [x * 1.07 for x in tight2])),
@@ -125,7 +125,7 @@ def test_report_rings_exactly_the_rows_compare_flags(pair, tmp_path):
     (red,) = [t for t in fig["data"] if t["meta"].get("flag") == "regression"]
     assert "compare: regression" in red["hovertemplate"]
     why = dict(zip(red["text"], red["customdata"], strict=True))
-    assert why[f"{_case(512)} · chunked · fwd"].startswith("time +15.0% (p=")
+    assert why[f"{_case(512)} · chunked · fwd"].startswith("time +15.0% (BH-adjusted p=")
     assert why[f"{_case(1024)} · naive · fwd"].startswith("status ok -&gt; oom")
     assert "peak memory" in why[f"{_case(512)} · naive · fwd"]
     assert "1 improvement" in page and "3 regression" in page
@@ -145,8 +145,14 @@ def test_judge_is_compares_rule_on_one_row(pair):
     b, c = rows["noisy_15pct"]
     by_compare = next(r for r in compare_paths(base, cand).rows if r.case == b["case"]
                       and r.impl == b["impl"])  # fmt: skip
-    direct = judge(Side(b, b["time_samples_ms"]), Side(c, c["time_samples_ms"]), CompareSettings())
+    # compare decides on BH-adjusted p-values; judge given the same one says the same
+    bs, cs = Side(b, b["time_samples_ms"]), Side(c, c["time_samples_ms"])
+    direct = judge(bs, cs, CompareSettings(), p_adjusted=by_compare.p_adjusted)
+    assert by_compare.p_adjusted is not None and "BH-adjusted p=" in by_compare.reasons[0]
     assert direct.to_dict() == by_compare.to_dict()
+    alone = judge(bs, cs, CompareSettings())
+    assert alone.p_adjusted is None and alone.p_value == by_compare.p_value
+    assert alone.reasons[0].startswith("time +15.0% (p=")
     assert judge(None, Side(c), CompareSettings()).verdict == "new"
     assert judge(Side(b), None, CompareSettings()).verdict == "missing"
     assert judge(Side(b), None, CompareSettings(), expected=False).verdict == "vanished"
