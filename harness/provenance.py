@@ -1,7 +1,15 @@
-"""Where and with what a run was made: versions, commit, device, machine, time.
+"""Where and with what a run was made: versions, commit, device, machine, numerics flags, time.
 
 The commit is recorded only for the package's own checkout (`checkout_root`), never for a
 repository that merely contains a copy of it.
+
+What a regression guard needs to explain a change between two nights is recorded too: the GPU
+driver (torch.utils.collect_env's `get_nvidia_driver_version`, i.e. `nvidia-smi`, on CUDA runs
+only), the versions of the kernel packages the implementations import (from their installed
+metadata: nothing is imported; None when not installed), the TF32 and determinism flags, and the
+CPU frequency governor when the kernel exposes it. `collect_env.get_env_info()` is not called: it
+runs `pip list`, `lscpu`, gcc, cmake and nvidia-smi (0.6 s on a 2-core CPU machine, for fields we
+do not read).
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import re
 import socket
 import subprocess
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +28,17 @@ import torch
 
 import harness
 
+# provenance key -> distribution name, whose installed version is recorded (None: not installed)
+PACKAGES: dict[str, str] = {
+    "flash_attn_version": "flash-attn",
+    "flash_attn_3_version": "flash-attn-3",
+    "flash_attn_4_version": "flash-attn-4",
+    "xformers_version": "xformers",
+    "triton_version": "triton",
+    "cutlass_dsl_version": "nvidia-cutlass-dsl",
+    "flashinfer_version": "flashinfer-python",
+}
+GOVERNOR = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
 PROJECT_NAME = "attention-harness"  # [project] name in pyproject.toml
 _NAME_LINE = re.compile(r"""name\s*=\s*["']([^"']+)["']""")
 
@@ -94,6 +114,58 @@ def device_name(device: str) -> str:
     return cpu_model()
 
 
+def package_version(distribution: str) -> str | None:
+    """The installed version of `distribution` (read from its metadata, not imported); None
+    when it is not installed."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def package_versions() -> dict[str, str | None]:
+    return {key: package_version(dist) for key, dist in PACKAGES.items()}
+
+
+def _run_lambda(command: str) -> tuple[int, str, str]:
+    """collect_env's `run`, with a timeout (a wedged driver must not hang `harness run`)."""
+    try:
+        out = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return 1, "", str(exc)
+    return out.returncode, out.stdout.strip(), out.stderr.strip()
+
+
+def gpu_driver_version(device: str) -> str | None:
+    """The NVIDIA driver version on CUDA runs (collect_env parses `nvidia-smi`); else None."""
+    if device != "cuda":
+        return None
+    from torch.utils import collect_env
+
+    try:
+        return collect_env.get_nvidia_driver_version(_run_lambda)
+    except Exception:  # collect_env is best-effort by design; provenance must not fail a run
+        return None
+
+
+def cpu_governor() -> str | None:
+    """cpu0's frequency governor (`performance`, `powersave`, ...); None where not exposed."""
+    try:
+        return GOVERNOR.read_text(encoding="ascii").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def numerics_flags() -> dict[str, Any]:
+    """The process-wide switches that change results and speed: TF32 and determinism."""
+    return {
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+    }
+
+
 def collect(device: str, seed: int) -> dict[str, Any]:
     git = git_info()
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
@@ -104,12 +176,16 @@ def collect(device: str, seed: int) -> dict[str, Any]:
         "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda,
         "cudnn_version": cudnn,
+        "gpu_driver_version": gpu_driver_version(device),
+        **package_versions(),
+        **numerics_flags(),
         "python_version": platform.python_version(),
         "device": device,
         "device_name": device_name(device),
         "cpu_model": cpu_model(),
         "num_threads": torch.get_num_threads(),
         "num_cpus": os.cpu_count(),
+        "cpu_governor": cpu_governor(),
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
         "utc_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),

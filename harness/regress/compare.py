@@ -245,13 +245,90 @@ class RowResult:
         return jsonable(asdict(self))
 
 
+# Provenance fields that differ on every run and so are never listed: when it started.
+PROVENANCE_IGNORED = frozenset({"utc_time"})
+# Fields expected to differ between nights (a new commit): listed last, as news to no one.
+PROVENANCE_EXPECTED = ("git_commit", "git_dirty")
+_ABSENT: Any = object()  # a field one run did not record
+
+
+@dataclass(frozen=True)
+class ProvenanceChange:
+    """One provenance field (`device_peaks.mem_gbytes_per_s` for a nested one) that differs."""
+
+    field: str
+    baseline: Any
+    candidate: Any
+
+    def __str__(self) -> str:
+        return f"{self.field} {_prov_shown(self.baseline)} → {_prov_shown(self.candidate)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON data; a field one run did not record is null there (`text` says which)."""
+        b, c = (None if v is _ABSENT else v for v in (self.baseline, self.candidate))
+        return jsonable({"field": self.field, "baseline": b, "candidate": c, "text": str(self),
+                         "expected": self.field in PROVENANCE_EXPECTED})  # fmt: skip
+
+
+def _prov_shown(value: Any) -> str:
+    """A provenance value in the listing: numbers to 4 significant digits (a measured peak's
+    last digits are noise), None as `none`, a field a run did not record as `(not recorded)`."""
+    if value is _ABSENT:
+        return "(not recorded)"
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _flatten(prov: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested provenance (device_peaks) as dotted leaf fields."""
+    if not isinstance(prov, dict):
+        return {prefix: prov} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in prov.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        out.update(_flatten(value, name) if isinstance(value, dict) else {name: value})
+    return out
+
+
+def provenance_diff(baseline: dict[str, Any] | None,
+                    candidate: dict[str, Any] | None) -> list[ProvenanceChange]:  # fmt: skip
+    """Every provenance field whose shown value differs between the two runs, in the candidate's
+    order, then fields only the baseline has, then the commit fields (expected to differ).
+
+    Not listed: `utc_time` (always differs) and a field absent on one side and None on the
+    other (neither run knows it: e.g. a package version recorded only since a later harness).
+    Numbers are compared as shown (4 significant digits).
+    """
+    b, c = _flatten(baseline or {}), _flatten(candidate or {})
+    names = [*c, *(k for k in b if k not in c)]
+    names = [n for n in names if n not in PROVENANCE_EXPECTED and n not in PROVENANCE_IGNORED]
+    names += [n for n in PROVENANCE_EXPECTED if n in b or n in c]
+    out = []
+    for name in names:
+        vb, vc = b.get(name, _ABSENT), c.get(name, _ABSENT)
+        if vb in (None, _ABSENT) and vc in (None, _ABSENT):
+            continue
+        if _prov_shown(vb) != _prov_shown(vc):
+            out.append(ProvenanceChange(name, vb, vc))
+    return out
+
+
+def provenance_line(changes: Sequence[ProvenanceChange]) -> str | None:
+    """`provenance differs: torch_version 2.12.0 → 2.13.0; ...`; None when nothing differs."""
+    return "provenance differs: " + "; ".join(map(str, changes)) if changes else None
+
+
 @dataclass
 class Comparison:
     baseline: Run
     candidate: Run
     settings: CompareSettings
     rows: list[RowResult]
-    warnings: list[str]
+    warnings: list[str]  # the first is the provenance line when provenance differs
+    provenance: list[ProvenanceChange] = field(default_factory=list)
 
     def by_verdict(self, verdict: str) -> list[RowResult]:
         return [r for r in self.rows if r.verdict == verdict]
@@ -277,6 +354,7 @@ class Comparison:
             "regression": self.failed,
             "ungated": len(self.by_verdict("ungated")),
             "counts": self.counts(),
+            "provenance_diff": [c.to_dict() for c in self.provenance],
             "warnings": self.warnings,
             "rows": [r.to_dict() for r in self.rows],
         }  # fmt: skip
@@ -312,10 +390,6 @@ def _check_comparable(base: Run, cand: Run) -> list[str]:
             f"raw times compared across different devices: {base.device_name!r} (baseline) vs "
             f"{cand.device_name!r} (candidate); prefer --normalize-to IMPL"
         )
-    for key in ("torch_version", "cuda_version", "git_commit"):
-        b, c = ((r.meta.get("provenance") or {}).get(key) for r in (base, cand))
-        if b != c:
-            notes.append(f"{key}: {b} (baseline) -> {c} (candidate)")
     forced = describe(base.path)
     if forced.get("forced") and (forced.get("num_missing_rows") or forced.get("failed_rows")):
         notes.append(f"the baseline was promoted with --force: {forced.get('num_missing_rows', 0)} "
@@ -574,6 +648,9 @@ def _sort_key(r: RowResult) -> tuple[int, float, str, str, str]:
 def compare(baseline: Run, candidate: Run, settings: CompareSettings) -> Comparison:
     """Judge every row of the two runs; the result lists rows worst first."""
     notes = _check_comparable(baseline, candidate)
+    changes = provenance_diff(baseline.meta.get("provenance"), candidate.meta.get("provenance"))
+    line = provenance_line(changes)
+    notes = [line, *notes] if line else notes
     ref = settings.normalize_to
     impls = sorted({k[1] for k in baseline.rows} | {k[1] for k in candidate.rows})
     if ref is not None and ref not in impls:
@@ -589,7 +666,7 @@ def compare(baseline: Run, candidate: Run, settings: CompareSettings) -> Compari
     rows = [_compare_key(baseline, candidate, k, settings, same_device, p_adjusted=adjusted.get(i))
             for i, k in enumerate(keys)]  # fmt: skip
     rows.sort(key=_sort_key)
-    return Comparison(baseline, candidate, settings, rows, notes)
+    return Comparison(baseline, candidate, settings, rows, notes, changes)
 
 
 def compare_paths(baseline: str | Path, candidate: str | Path, **overrides: Any) -> Comparison:

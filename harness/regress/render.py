@@ -3,14 +3,15 @@
 Reasons quote rows verbatim (`status ok -> error: [/__w/.../pair.cc:537] Read error`), so the
 terminal table is built of rich `Text` (never markup) and Markdown escapes only what would end a
 cell. Rows compare could not gate (`ungated`: too few samples, or a NaN or infinity in the
-baseline) are always listed.
+baseline) are always listed. Every provenance difference between the two runs comes first, under
+the headline (the command line prints it first, as its first note).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from harness.regress.compare import Comparison, RowResult, TimeStats
+from harness.regress.compare import Comparison, RowResult, TimeStats, provenance_line
 
 _SHOWN = ("regression", "missing", "changed", "ungated", "vanished", "new", "improvement")
 
@@ -98,10 +99,15 @@ def markdown(cmp: Comparison, *, show_all: bool = False, max_rows: int = 200) ->
     """A summary for a CI comment: verdict, warnings, thresholds and the rows that matter."""
     icon = "❌" if cmp.failed else ("⚠️" if cmp.by_verdict("ungated") else "✅")
     lines = [f"### {icon} {headline(cmp)}", ""]
-    lines += [f"> **Warning:** {_md_escape(w)}" for w in cmp.warnings if "devices" in w]
-    other = [w for w in cmp.warnings if "devices" not in w]
+    if cmp.provenance:
+        diffs = "; ".join(_md_escape(str(c)) for c in cmp.provenance)
+        lines += [f"**Provenance differs:** {diffs}", ""]
+    prov = provenance_line(cmp.provenance)
+    rest = [w for w in cmp.warnings if w != prov]
+    lines += [f"> **Warning:** {_md_escape(w)}" for w in rest if "devices" in w]
+    other = [w for w in rest if "devices" not in w]
     if other:
-        lines += ["", "Provenance: " + "; ".join(_md_escape(w) for w in other)]
+        lines += ["", "Notes: " + "; ".join(_md_escape(w) for w in other)]
     lines += ["", f"Thresholds: {thresholds(cmp)}.", ""]
     rows = _visible(cmp, show_all)
     if not rows:
