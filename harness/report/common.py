@@ -12,6 +12,7 @@ point on a plot: builders draw only `finite` values, and `floats` turns any othe
 
 from __future__ import annotations
 
+import hashlib
 import html
 import math
 from dataclasses import dataclass, field
@@ -42,9 +43,39 @@ def esc(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
+# A fixed colour per common implementation, so a kernel reads the same in every report and the
+# kernels that share a figure (attention, decode, layers) never share a colour. Other names are
+# hashed into PALETTE: a function of the name alone, whatever else the run holds.
+IMPL_COLOR = {
+    # attention
+    "naive": "#7f7f7f", "chunked": "#bcbd22", "bpt": "#d62728", "ring": "#ff7f0e",
+    "sdpa_math": "#8c564b", "sdpa_flash": "#1f77b4", "sdpa_efficient": "#17becf",
+    "sdpa_cudnn": "#393b79", "flex": "#2ca02c", "flash_attn2": "#9467bd",
+    "flash_attn3": "#e377c2", "flash_attn4": "#7b4173", "xformers": "#637939",
+    "xformers_cutlass": "#8c6d31", "xformers_flash": "#ad494a", "xformers_flash3": "#ce6dbd",
+    "xformers_ck": "#5254a3",
+    # decode
+    "decode_naive": "#525252", "decode_sdpa_math": "#a55194", "decode_sdpa_flash": "#3182bd",
+    "decode_flash_attn2": "#756bb1", "decode_flash_attn3": "#de9ed7", "decode_flex": "#31a354",
+    "decode_flashinfer": "#e6550d", "decode_flashinfer_prefill": "#fdae6b",
+    "decode_split_kv": "#843c39", "decode_xformers": "#6b6ecf",
+    # layers
+    "vanilla_layer": "#636363", "bpt_layer": "#e41a1c", "memeff_layer": "#377eb8",
+}  # fmt: skip
+
+
+def impl_color(name: str) -> str:
+    """The colour of implementation `name`: fixed for the common ones, else a stable hash of the
+    name (never Python's `hash`, which changes between processes)."""
+    if name in IMPL_COLOR:
+        return IMPL_COLOR[name]
+    digest = hashlib.sha1(name.encode("utf-8")).digest()
+    return PALETTE[int.from_bytes(digest[:4], "big") % len(PALETTE)]
+
+
 def impl_colors(impls: list[str]) -> dict[str, str]:
-    """A stable colour per implementation: sorted names, so every figure agrees."""
-    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(sorted(set(impls)))}
+    """A colour per implementation, a function of its name alone: the same in every report."""
+    return {name: impl_color(str(name)) for name in sorted(set(impls), key=str)}
 
 
 def varying(frame: pd.DataFrame, candidates: tuple[str, ...]) -> list[str]:
@@ -182,8 +213,6 @@ class FigureSpec:
                     "domain": [y1 - height, y1], "anchor": f"x{suffix}",
                     "type": "log" if ylog else "linear",
                     "title": {"text": ytitle if c == 0 else ""},
-                    # log ticks at 1, 2 and 5 only: a narrow range otherwise labels every digit
-                    **({"dtick": "D2"} if ylog else {}),
                 }  # fmt: skip
                 notes.append({"text": titles[r][c], "showarrow": False, "xref": "paper",
                               "yref": "paper", "x": x0 + width / 2, "y": y1, "yanchor": "bottom",
@@ -223,6 +252,7 @@ class FigureSpec:
             self.controls.append({"name": name, "label": label, "options": options})
 
     def to_dict(self) -> dict[str, Any]:
+        log_ticks(self.layout, self.data)
         layout = {k: v for k, v in self.layout.items() if not k.startswith("_")}
         layout.update({
             "title": {"text": esc(self.title), "x": 0.01, "font": {"size": 16}},
@@ -234,6 +264,62 @@ class FigureSpec:
             "font": {"family": "system-ui, sans-serif", "size": 12},
         })  # fmt: skip
         return {"data": self.data, "layout": layout, "controls": self.controls}
+
+
+_SI = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
+_MANTISSAS = ((1, 2, 5), (1, 2, 3, 4, 5, 6, 7, 8, 9))
+
+
+def tick_label(value: float) -> str:
+    """A tick's full label: SI at 1000 and above (2k, 10M, 1G), plain below (0.01, 0.5, 200)."""
+    for scale, prefix in _SI:
+        if value >= scale:
+            return f"{value / scale:g}{prefix}"
+    return f"{value:g}"
+
+
+def log_axis(values: Any) -> dict[str, Any]:
+    """Props for a log axis that shows `values` with labels a person can read.
+
+    Spanning 2 decades or more: a tick per decade only (`dtick` 1), SI labels from 1 up (1k,
+    10M) and plain ones below it (0.01). Narrower: ticks at 1, 2 and 5 × 10^k (every digit when
+    that leaves fewer than two inside the range), each labelled with its full value, never the
+    bare digit of plotly's "D1"/"D2" minor labels. Too narrow for either (under ~5%): plotly's own
+    linear ticks, which it labels in full. No positive finite value: nothing to set.
+    """
+    v = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").to_numpy(float)
+    v = v[np.isfinite(v) & (v > 0)]
+    if not v.size:
+        return {}
+    lo, hi = float(v.min()), float(v.max())
+    if math.log10(hi / lo) >= 2:
+        return {"dtick": 1, "tickformat": "~s" if lo >= 1 else "~g",
+                "minor": {"showgrid": True, "gridcolor": "#f3f3f3"}}  # fmt: skip
+    first, last = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    for mantissas in _MANTISSAS:
+        ticks = [float(f"{m * 10.0**k:.6g}") for k in range(first - 1, last + 1) for m in mantissas]
+        if sum(lo * (1 - 1e-9) <= t <= hi * (1 + 1e-9) for t in ticks) >= 2:
+            return {"tickmode": "array", "tickvals": ticks,
+                    "ticktext": [tick_label(t) for t in ticks]}  # fmt: skip
+    return {"tickformat": "~g"}
+
+
+# tick settings a builder may set itself (`log_ticks` leaves such an axis alone)
+TICK_KEYS = ("dtick", "tickvals", "ticktext", "tickformat", "tickmode", "minor")
+
+
+def log_ticks(layout: dict[str, Any], data: list[dict[str, Any]]) -> None:
+    """Give every log axis of `layout` that its builder left to the defaults `log_axis` of the
+    values its traces draw on it (all controls' traces: the figure keeps one axis for them)."""
+    for key, axis in layout.items():
+        if not (isinstance(axis, dict) and axis.get("type") == "log"):
+            continue
+        if key[:5] not in ("xaxis", "yaxis") or any(k in axis for k in TICK_KEYS):
+            continue
+        letter, ref = key[0], key[0] + key[5:]
+        values = [v for t in data if t.get(f"{letter}axis", letter) == ref
+                  for v in t.get(letter, [])]  # fmt: skip
+        axis.update(log_axis(values))
 
 
 def length_ticks(values: Any) -> dict[str, Any]:

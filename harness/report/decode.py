@@ -83,7 +83,6 @@ def decode_figure(rows: pd.DataFrame,
     spec = FigureSpec("Decode: achieved bandwidth vs KV-cache length", 460)
     spec.grid([[label for _, label in PANELS]], xtitle="cache length (seqlen_k)", hgap=0.08)
     spec.layout["yaxis2"].update(type="linear", rangemode="tozero", tickformat=".0%")
-    spec.layout["yaxis2"].pop("dtick", None)
     for (phase, slice_), view in sel.groupby(["phase", "slice"], sort=True):
         _add_peaks(spec, view, peaks, {"phase": phase, "slice": slice_}, several)
     columns = ["seqlen_k", "gbytes_per_s", "fraction", "time_ms_median", "text"]

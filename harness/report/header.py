@@ -1,5 +1,6 @@
 """The provenance header: for each run, where and with what it ran, its row counts by status and
-the fields that hold NaN or infinity (the table shows them; figures leave them out)."""
+the fields that hold NaN or infinity (the table shows them; figures leave them out); then the
+summary (`summary.py`: fastest and leanest implementation per case), above the figures."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pandas as pd
 
 from harness.report.common import esc
 from harness.report.data import NAN_FIELDS, ReportData
+from harness.report.summary import summary_html
 from harness.rows import STATUSES
 
 
@@ -88,4 +90,5 @@ def header_html(data: ReportData) -> str:
         run_id = str(data.baseline_meta.get("run_id", "?"))
         blocks.append(f'<div class="run baseline"><h2>baseline <code>{esc(run_id)}</code></h2>'
                       f"<dl>{facts}</dl></div>")  # fmt: skip
-    return '<section id="provenance" class="runs">' + "".join(blocks) + "</section>"
+    provenance = '<section id="provenance" class="runs">' + "".join(blocks) + "</section>"
+    return provenance + summary_html(data.rows)  # the summary sits above the figures

@@ -152,7 +152,6 @@ def memory_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
             legend_key=f"fail-{status}",
         )
     spec.control("phase", "phase", phase_options(sel))
-    spec.update_axes("y", tickformat=".2s")
     spec.control("slice", axes_title(slice_axes), slice_options(sel))
     spec.update_axes("x", **length_ticks(sel["seq_len"]))
     return spec.to_dict()

@@ -142,6 +142,9 @@ main { max-width:1500px; margin:0 auto; padding:16px 28px 40px; }
   margin-bottom:16px; }
 .card h2 { font-size:16px; margin:0 0 2px; } .note { color:var(--muted); margin:0 0 6px; }
 .fig { width:100%; }
+.summarywrap { max-height:360px; overflow:auto; border:1px solid var(--line); }
+table.summary th { cursor:default; } table.summary td.win b { font-weight:600; }
+table.summary .val, table.summary td.ratio { color:var(--muted); white-space:nowrap; }
 .controls label { margin-right:16px; font-size:13px; color:var(--muted); }
 .controls select { margin-left:4px; padding:2px 4px; }
 td.case { white-space:nowrap; }

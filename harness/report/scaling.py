@@ -77,7 +77,7 @@ def scaling_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
         legend_key="ideal",
     )
     spec.update_axes("x", tickvals=sizes, ticktext=[str(s) for s in sizes])
-    spec.layout["yaxis2"].update(tickformat=".2s", title={"text": "bytes"})
+    spec.layout["yaxis2"].update(title={"text": "bytes"})  # log ticks: SI labels (common)
     spec.layout["yaxis3"].update(type="linear", rangemode="tozero")
     spec.control("slice", axes_title(slice_axes), slice_options(sel))
     return spec.to_dict()

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from harness.report.common import (
+    TICK_KEYS,
     FigureSpec,
     axes_title,
     case_text,
@@ -25,6 +26,7 @@ from harness.report.common import (
     impl_colors,
     length_ticks,
     line_styles,
+    log_axis,
     phase_options,
     slice_options,
     template,
@@ -33,6 +35,9 @@ from harness.report.common import (
 from harness.report.sections import figure_section
 
 METRICS = {"tflops": "TFLOP/s", "tokens_per_s": "tokens/s"}
+# the FLOP/s unit of a figure: TFLOP/s when its median row reaches 1 TFLOP/s, else GFLOP/s (a CPU
+# run reads 50 GFLOP/s, not 0.05 TFLOP/s); the metric's control value stays "tflops"
+FLOP_UNITS = (("TFLOP/s", 1.0), ("GFLOP/s", 1e3))
 PLOTTED = ("seq_len", "dtype", "causal", "phase")
 FACET_COLS = ("dtype", "causal")
 KEYS = ["phase", "dtype", "causal", "slice", "series"]
@@ -47,10 +52,35 @@ def _title(label: str) -> str:
     return f"Throughput ({label}) vs sequence length"
 
 
+def flop_unit(tflops: Any) -> tuple[str, float]:
+    """(label, factor from TFLOP/s) for a figure of these TFLOP/s values, picked by their median."""
+    values = pd.to_numeric(pd.Series(list(tflops), dtype=object), errors="coerce")
+    median = values[finite(values)].median()
+    return FLOP_UNITS[0] if not median < 1 else FLOP_UNITS[1]
+
+
+def _y_axes(spec: FigureSpec, ok: pd.DataFrame, metric: str,
+            label: str) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Every y axis of the grid as it reads for `metric`: its unit as the title, log ticks for the
+    metric's values and bands (tokens/s and FLOP/s share the axes, so each option sets them)."""
+    values = pd.concat([ok[metric], ok[f"lo_{metric}"], ok[f"hi_{metric}"]])
+    ticks = log_axis(values)
+    out = {}
+    for key, axis in spec.layout.items():
+        if key.startswith("yaxis") and isinstance(axis, dict):
+            base = {k: v for k, v in axis.items() if k not in ("title", *TICK_KEYS)}
+            title = {"text": label if axis.get("title", {}).get("text") else ""}
+            out[key] = {**base, "title": title, **ticks}
+    return out
+
+
 def throughput_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
     ok = single_device_ok(rows)
     if ok.empty:
         return None
+    flop_label, factor = flop_unit(ok["tflops"])
+    labels = {**METRICS, "tflops": flop_label}
+    ok = ok.assign(tflops=ok["tflops"] * factor)
     ok, slice_axes = with_lines_and_slices(ok.sort_values("seq_len", kind="stable"), PLOTTED)
     extra: dict[str, pd.Series] = {"text": case_text(ok)}
     for metric in METRICS:
@@ -60,13 +90,14 @@ def throughput_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
     styles = line_styles(ok, impl_colors(rows["impl"].tolist()))
     _, col_vals = facet_values(ok, None, FACET_COLS)
     col_of = {cv: j for j, cv in enumerate(col_vals, start=1)}
-    spec = FigureSpec(_title("TFLOP/s"), 470)
-    spec.grid(facet_titles([None], col_vals, None, FACET_COLS), xtitle="sequence length")
+    spec = FigureSpec(_title(flop_label), 470)
+    spec.grid(facet_titles([None], col_vals, None, FACET_COLS), xtitle="sequence length",
+              ytitle=flop_label)  # fmt: skip
     columns = ["seq_len", "time_ms_median", *METRICS, *extra]
     for (phase, dtype, causal, slice_, name), g in grouped(ok, KEYS, columns):
         c = col_of[(dtype, causal)]
         style = styles[name]
-        for metric, label in METRICS.items():
+        for metric, label in labels.items():
             has = finite(g[metric])
             if not has.any():
                 continue
@@ -89,9 +120,11 @@ def throughput_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
                 "meta": {"series": name},
             }, 1, c, controls=controls, legend_key=name)  # fmt: skip
     spec.control("phase", "phase", phase_options(ok))
+    y_axes = {m: _y_axes(spec, ok, m, label) for m, label in labels.items()}
+    spec.layout.update(y_axes["tflops"])
     spec.control("metric", "metric", [
-        {"value": m, "label": label, "relayout": {"title.text": _title(label)}}
-        for m, label in METRICS.items()
+        {"value": m, "label": label, "relayout": {"title.text": _title(label), **y_axes[m]}}
+        for m, label in labels.items()
     ])  # fmt: skip
     spec.control("slice", axes_title(slice_axes), slice_options(ok))
     spec.update_axes("x", **length_ticks(ok["seq_len"]))
