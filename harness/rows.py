@@ -11,7 +11,9 @@ Schema history (`schema_version` on every record of a run directory):
     3  shapes and masks: seqlen_q, seqlen_k, num_kv_heads, head_dim_v, softmax_scale, mask (the
        kind) and mask_params, input_scale, input_layout; mask_density, bytes_moved, gbytes_per_s,
        arith_intensity, bw_fraction, flops_fraction; the decode workload's page_size,
-       cache_dist, cache_bytes and cache_bytes_formula.
+       cache_dist, cache_bytes and cache_bytes_formula. Later v3 rows add optional fields, which
+       older v3 rows lack (readers treat a missing one as "not recorded"): num_threads, noisy
+       and noise_note.
 Version-1 and -2 records are upgraded on read (`upgrade`: the new case fields take the values the
 old case meant); newer versions are refused.
 """
@@ -52,8 +54,10 @@ class Row(TypedDict, total=False):
     input_scale, input_layout; mask_density (attended fraction of the Sq·Sk pairs).
     Outcome: status, reason (one line; for `error` also `traceback`), elapsed_s.
     Time: time_ms_median, time_ms_p20, time_ms_p80 (of `num_samples` samples; the raw samples go to
-    samples.jsonl), flops (forward 4·B·H·Sq·Sk·D over attended pairs; backward 2.5×), tflops,
-    tokens_per_s.
+    samples.jsonl), noisy and noise_note (the samples' spread or drift, harness/measure/derived.py),
+    num_threads (torch's intra-op threads the samples ran on: the suite's `threads`, else the
+    physical cores, harness/run/threads.py; 1 on the ranks of a distributed case), flops
+    (forward 4·B·H·Sq·Sk·D over attended pairs; backward 2.5×), tflops, tokens_per_s.
     Memory: peak_mem_above_inputs_bytes (above what was live before the timed call, the saved graph
     of `bwd` included), peak_mem_bytes (that plus input_bytes), grad_bytes (the gradients a
     backward phase produces), mem_method, mem_budget_bytes, cuda_reserved_bytes,
@@ -102,6 +106,9 @@ class Row(TypedDict, total=False):
     time_ms_p80: float
     num_samples: int
     time_samples_ms: list[float]
+    noisy: bool
+    noise_note: str
+    num_threads: int
     flops: float
     tflops: float
     tokens_per_s: float

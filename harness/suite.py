@@ -9,6 +9,8 @@ number is bounded here, so that no value validates only to fail every row of the
   1 .. 2**31 - 1; world_size: 1 .. 1024 (every rank is a process on this machine)
 - threads: 1 .. 4096, a fixed bound rather than the CPU count, so that a suite validates alike on
   every machine (a --dry-run on a laptop checks a suite meant for a 192-core server)
+  Unset, workers use the physical cores the process may run on (affinity mask, cgroup quota:
+  harness/run/threads.py), not torch's implicit count; each row records its `num_threads`.
 - seed: 0 .. 2**63 - 1 (torch.manual_seed's range)
 - case_timeout_s, max_time_s: above 0, at most 7 days; every float finite (no .inf, .nan)
 - memory_budget_gb: 1 MiB .. 1 PiB (2**-10 .. 2**20 GiB); below 1 MiB it rounds to nothing

@@ -209,14 +209,15 @@ def _provenance(device: str, seed: int, threads: int | None) -> dict[str, Any]:
 
     from harness import provenance
     from harness.measure.peaks import device_peaks
+    from harness.run.threads import resolve_threads
 
     if device == "cuda" and not torch.cuda.is_available():  # a dry run planning for a GPU
         return {"device": device}
-    info = provenance.collect(device, seed)
     before = torch.get_num_threads()
-    if threads:  # the probes run on the threads the workers will use
-        torch.set_num_threads(threads)
+    # the provenance's num_threads and the peak probes: the threads the workers will use
+    torch.set_num_threads(resolve_threads(threads))
     try:
+        info = provenance.collect(device, seed)
         info["device_peaks"] = device_peaks(device, str(info.get("device_name") or ""))
     finally:
         torch.set_num_threads(before)

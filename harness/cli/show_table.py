@@ -5,8 +5,10 @@ others). Each number column has one unit, chosen to fit its values and named in 
 time in µs / ms / s (`time ms`), memory in KiB / MiB / GiB (`peak MiB`), throughput in GFLOP/s or
 TFLOP/s; errors in short scientific notation (`2.8e-7`). Reasons are long and often repeated
 (`needs CUDA ...` on every case of a CPU run), so each distinct one is numbered once below the
-table and the row's status points to it (`skipped [1]`). `--all` shows every field of every row,
-one block per row. Everything is built as rich `Text`: a reason like `[/x] [bold]` stays text.
+table and the row's status points to it (`skipped [1]`). A noisy row (`noisy`: its samples spread
+or drift, harness/measure/derived.py) has `~` after its time, explained below the table. `--all`
+shows every field of every row, one block per row. Everything is built as rich `Text`: a reason
+like `[/x] [bold]` stays text.
 """
 
 from __future__ import annotations
@@ -130,6 +132,13 @@ def _line(cells: Sequence[tuple[str, bool]], widths: Sequence[int], style: str =
     return Text(_GAP + _GAP.join(parts).rstrip(), style=style)
 
 
+def _noise_mark(column: Column, row: dict[str, Any], any_noisy: bool) -> str:
+    """`~` after a noisy row's time; a space after the others' keeps the digits aligned."""
+    if column.key != "time_ms_median" or not any_noisy:
+        return ""
+    return "~" if row.get("noisy") is True and column.text(row.get(column.key)) else " "
+
+
 def summary(rows: Sequence[dict[str, Any]]) -> str:
     """`48 rows: 32 ok, 16 skipped` (statuses in the schema's order)."""
     counts = {s: n for s in STATUSES if (n := sum(r.get("status") == s for r in rows))}
@@ -151,6 +160,7 @@ def render(rows: Sequence[dict[str, Any]], *, title: str, width: int) -> list[Re
     first = {case: i for i, case in reversed(list(enumerate(str(r.get("case", "")) for r in rows)))}
     rows = sorted(rows, key=lambda r: first[str(r.get("case", ""))])
     notes: dict[str, int] = {}
+    any_noisy = any(r.get("noisy") is True for r in rows)
     body: list[tuple[str, list[tuple[str, bool]], str]] = []  # (case, cells, status)
     for r in rows:
         status, reason = str(r.get("status", "")), str(r.get("reason") or "")
@@ -158,7 +168,7 @@ def render(rows: Sequence[dict[str, Any]], *, title: str, width: int) -> list[Re
         note = f" [{notes.setdefault(reason, len(notes) + 1)}]" if reason else ""
         status_text = status + note
         cells = [(str(r.get(k, "")), False) for k in ("impl", "phase")] + [(status_text, False)]
-        cells += [(c.text(r.get(c.key)), True) for c in numbers]
+        cells += [(c.text(r.get(c.key)) + _noise_mark(c, r, any_noisy), True) for c in numbers]
         body.append((str(r.get("case", "")), cells, status))
     header = [("impl", False), ("phase", False), ("status", False)]
     header += [(c.header, True) for c in numbers]
@@ -175,6 +185,8 @@ def render(rows: Sequence[dict[str, Any]], *, title: str, width: int) -> list[Re
         start = len(_GAP) + sum(widths[:2]) + 2 * len(_GAP)
         line.stylize(_status_style(status), start, start + widths[2])
         out.append(line)
+    if any_noisy:
+        out.append(Text(f"{_GAP}~ noisy: the samples spread or drift (noise_note; see --all)"))
     if notes:
         out.append(Text("reasons:", style="bold"))
         for reason, n in notes.items():

@@ -1,18 +1,68 @@
-"""Row fields derived from raw time samples: the summary, FLOPs, TFLOP/s, tokens/s, bytes moved
-and the achieved bandwidth.
+"""Row fields derived from raw time samples: the summary, the noise flag, FLOPs, TFLOP/s,
+tokens/s, bytes moved and the achieved bandwidth.
 
 FLOP convention (harness/measure/flops.py): forward 4·B·H·Sq·Sk·D over the attended pairs
 (2·B·H·pairs·(D + D_v) when head_dim_v differs), backward 2.5× forward, a training step (fwd_bwd)
 3.5×. Bytes: the compulsory traffic of Q, K, V, O (and dO, dQ, dK, dV backward).
+
+Noise (`noise_fields`): a row is `noisy` when its samples' spread makes its median a poor summary,
+by either of two rules, each named in `noise_note`:
+- spread: the interquartile range (p75 - p25, linear interpolation, as torch.utils.benchmark's
+  Measurement computes it) is at least 10% of the median: the threshold at which
+  `Measurement.has_warnings` warns (`_IQR_WARN_THRESHOLD`). It also catches samples split
+  between two modes when the smaller mode holds more than a quarter of them.
+- drift: with at least 6 samples, the medians of the first and the last n//2 samples (in the order
+  taken) differ by more than 5% of the median and by more than either half's own IQR: the times
+  moved during the row (a step, a trend) rather than scattered around one level.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from harness.case import Case
 from harness.measure.flops import case_bytes, case_flops
 from harness.measure.timing import summarize_ms
+
+IQR_WARN_SHARE = 0.10  # torch.utils.benchmark.utils.common._IQR_WARN_THRESHOLD
+DRIFT_SHARE = 0.05
+DRIFT_MIN_SAMPLES = 6
+
+
+def _quantile(values: list[float], q: float) -> float:
+    """Linear interpolation between order statistics (torch.quantile's and numpy's default)."""
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def _iqr(values: list[float]) -> float:
+    return _quantile(values, 0.75) - _quantile(values, 0.25)
+
+
+def noise_fields(samples_ms: list[float]) -> dict[str, Any]:
+    """`noisy` (and, when it is, `noise_note`) by the module's two rules."""
+    notes = []
+    median = _quantile(samples_ms, 0.5) if samples_ms else 0.0
+    if median > 0 and len(samples_ms) > 1:
+        share = _iqr(samples_ms) / median
+        if share >= IQR_WARN_SHARE:
+            notes.append(f"IQR is {share:.0%} of the median (≥ {IQR_WARN_SHARE:.0%})")
+        if len(samples_ms) >= DRIFT_MIN_SAMPLES:
+            half = len(samples_ms) // 2
+            first, last = samples_ms[:half], samples_ms[-half:]
+            shift = _quantile(last, 0.5) - _quantile(first, 0.5)
+            if abs(shift) > DRIFT_SHARE * median and abs(shift) > max(_iqr(first), _iqr(last)):
+                way = "above" if shift > 0 else "below"
+                notes.append(f"drift: second-half median {abs(shift) / median:.0%} {way} the "
+                             f"first half's (> {DRIFT_SHARE:.0%} of the median, beyond either "
+                             "half's IQR)")  # fmt: skip
+    if not notes:
+        return {"noisy": False}
+    return {"noisy": True, "noise_note": "; ".join(notes)}
 
 
 def time_fields(case: Case, phase: str, samples_ms: list[float]) -> dict[str, Any]:
@@ -22,6 +72,7 @@ def time_fields(case: Case, phase: str, samples_ms: list[float]) -> dict[str, An
     flops = case_flops(case, phase)
     fields = {
         **summary,
+        **noise_fields(samples_ms),
         "num_samples": len(samples_ms),
         "time_samples_ms": list(samples_ms),
         "flops": flops,

@@ -285,6 +285,7 @@ def measure(task: Task, group: Group | None = None) -> dict[str, Any]:
     if task.measure != "memory":
         worst = [max(r["samples"][i] for r in everyone) for i in range(len(mine["samples"]))]
         row.update(time_fields(case, task.phase, worst))
+        row["num_threads"] = torch.get_num_threads()  # the samples' intra-op threads (rank 0's)
         row.update(fractions(row, task.device_peaks))
         if group is not None:
             row["comm_backend"] = group.backend

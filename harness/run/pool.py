@@ -21,6 +21,7 @@ from typing import Any
 from harness.errors import HarnessError
 from harness.measure.memory import MALLOC_ENV, TIMING_MALLOC_ENV
 from harness.run.task import Task
+from harness.run.threads import resolve_threads
 from harness.run.worker import base_row, worker_main
 
 _START_TIMEOUT_S = 180.0
@@ -69,7 +70,8 @@ class WorkerPool:
         self.tight_malloc = tight_malloc
         self.device = device
         self.memory_budget_bytes = memory_budget_bytes
-        self.threads = threads
+        # a deliberate count, never torch's implicit one: the suite's, else the physical cores
+        self.threads = resolve_threads(threads)  # (run/threads.py); rows record it
         self._ctx = mp.get_context("spawn")
         self._worker: _Worker | None = None
 

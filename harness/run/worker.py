@@ -68,6 +68,9 @@ def execute(task: Task) -> dict[str, Any]:
 def apply_limits(device: str, memory_budget_bytes: int | None, threads: int | None) -> None:
     """Per-process settings: the thread count, and a hard memory ceiling as a backstop.
 
+    The pool passes a deliberate thread count (the suite's, else the physical cores:
+    run/threads.py); None leaves torch's as it is. Each row records its count (`num_threads`).
+
     The budget itself is checked against each task's measured peak (run/measure_task.py), which
     is exact. The ceiling here only keeps a runaway case from taking the machine down: on CUDA the
     caching allocator refuses allocations past the budget's share of the device; on CPU the address
