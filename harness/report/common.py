@@ -139,6 +139,28 @@ def _short_reason(reason: Any) -> str:
     return esc(str(reason)[:160])
 
 
+NOISY_SYMBOL = "circle-open"  # a noisy row's point: hollow (derived.noise_fields); others filled
+
+
+def noisy_text(frame: pd.DataFrame, text: pd.Series) -> pd.Series:
+    """`text` (hover text per row) with a noisy row's `noise_note` added on a line of its own."""
+    noisy = frame["noisy"].to_numpy(dtype=bool)
+    if not noisy.any():
+        return text
+    note = "<br>noisy: " + frame["noise_note"].map(esc)
+    return text + note.astype(object).where(noisy, "")
+
+
+def point_marker(noisy: Any, size: int = 6) -> dict[str, Any]:
+    """A line's marker: a per-point symbol array (noisy points hollow) only when one is noisy, so
+    the many lines with none stay as small as before."""
+    flags = [bool(n) for n in noisy]
+    if not any(flags):
+        return {"size": size}
+    symbols = [NOISY_SYMBOL if n else "circle" for n in flags]
+    return {"size": size, "symbol": symbols, "line": {"width": 2}}
+
+
 def template(first_line: str, values: list[tuple[str, str]]) -> str:
     """A hovertemplate: the point's text, a line about the trace, then `label: %{field}` lines."""
     body = "".join(f"<br>{esc(label)}: {field}" for label, field in values)

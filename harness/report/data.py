@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from harness.errors import ResultsError
@@ -46,7 +47,7 @@ COLUMNS: tuple[str, ...] = (
     "err_naive_same_dtype_rel_l2", "memory_exponent", "uses_block_size", "mask", "mask_params",
     "mask_density", "bytes_moved", "gbytes_per_s", "arith_intensity", "bw_fraction",
     "flops_fraction", "cache_bytes", "cache_bytes_formula", "seqlen_q", "seqlen_k",
-    "num_kv_heads", "head_dim_v",
+    "num_kv_heads", "head_dim_v", "noisy", "noise_note",
 )  # fmt: skip
 # Measured and derived numbers that may be missing (older rows, failed rows): NaN, never text.
 NUMERIC_EXTRA = (
@@ -91,6 +92,9 @@ def normalize(frame: pd.DataFrame) -> pd.DataFrame:
     # Rows written by other tools may lack facet axes; give them a visible placeholder.
     frame["dtype"] = frame["dtype"].fillna("unknown").astype(str)
     frame["causal"] = frame["causal"].fillna(False).astype(bool)
+    # the samples' spread or drift (harness/measure/derived.py); rows without the flag are not
+    frame["noisy"] = [isinstance(v, bool | np.bool_) and bool(v) for v in frame["noisy"]]
+    frame["noise_note"] = [v if isinstance(v, str) else "" for v in frame["noise_note"]]
     frame["world_size"] = pd.to_numeric(frame["world_size"], errors="coerce").fillna(1).astype(int)
     _shape_defaults(frame)
     numeric = [c for c in COLUMNS if c.startswith(("time_", "err_", "peak_mem_b", "tflops"))]

@@ -27,7 +27,9 @@ from harness.report.common import (
     impl_colors,
     length_ticks,
     line_styles,
+    noisy_text,
     phase_options,
+    point_marker,
     slice_options,
     template,
     with_lines_and_slices,
@@ -49,6 +51,7 @@ COLUMNS = [
     models.EXPONENT_COLUMN,
     "text",
     "peak_mem_above_inputs_bytes",
+    "noisy",
 ]
 
 
@@ -91,7 +94,7 @@ def memory_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
     if not (sel["status"] == "ok").any():
         return None
     sel, slice_axes = with_lines_and_slices(sel.sort_values("seq_len", kind="stable"), PLOTTED)
-    sel = sel.assign(text=case_text(sel))
+    sel = sel.assign(text=noisy_text(sel, case_text(sel)))
     styles = line_styles(sel, impl_colors(rows["impl"].tolist()))
     _, col_vals = facet_values(sel, None, FACET_COLS)
     col_of = {cv: j for j, cv in enumerate(col_vals, start=1)}
@@ -108,7 +111,7 @@ def memory_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
         if ok.any():
             spec.add({
                 "x": g["seq_len"][ok].tolist(), "y": floats(g[MEM][ok]), "mode": "lines+markers",
-                "name": name, "legendgroup": name, "marker": {"size": 6},
+                "name": name, "legendgroup": name, "marker": point_marker(g["noisy"][ok]),
                 "line": {"color": style["color"], "dash": style["dash"], "width": 2},
                 "text": g["text"][ok].tolist(),
                 "customdata": floats(g["peak_mem_above_inputs_bytes"][ok]),
@@ -164,5 +167,6 @@ build = figure_section(
     "Lower is better. Dashed: the analytic expectation (inputs plus S² working "
     "memory for kernels that materialize the scores, linear for blockwise ones) "
     "anchored at the shortest length. A marker at the end of a line shows why it "
-    "stops (OOM ×, timeout ◆, error ⊗); the table gives the reason.",
+    "stops (OOM ×, timeout ◆, error ⊗); the table gives the reason. A hollow point is "
+    "a row whose timing samples were noisy (the hover says how).",
 )

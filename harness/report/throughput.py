@@ -27,7 +27,9 @@ from harness.report.common import (
     length_ticks,
     line_styles,
     log_axis,
+    noisy_text,
     phase_options,
+    point_marker,
     slice_options,
     template,
     with_lines_and_slices,
@@ -82,7 +84,7 @@ def throughput_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
     labels = {**METRICS, "tflops": flop_label}
     ok = ok.assign(tflops=ok["tflops"] * factor)
     ok, slice_axes = with_lines_and_slices(ok.sort_values("seq_len", kind="stable"), PLOTTED)
-    extra: dict[str, pd.Series] = {"text": case_text(ok)}
+    extra: dict[str, pd.Series] = {"text": noisy_text(ok, case_text(ok)), "noisy": ok["noisy"]}
     for metric in METRICS:
         extra[f"lo_{metric}"] = ok[metric] * ok["time_ms_median"] / ok["time_ms_p80"]
         extra[f"hi_{metric}"] = ok[metric] * ok["time_ms_median"] / ok["time_ms_p20"]
@@ -112,7 +114,7 @@ def throughput_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
                 }, 1, c, role="band", controls=controls)  # fmt: skip
             spec.add({
                 "x": xs, "y": floats(g[metric][has]), "mode": "lines+markers", "name": name,
-                "legendgroup": name, "marker": {"size": 6},
+                "legendgroup": name, "marker": point_marker(g["noisy"][has]),
                 "line": {"color": style["color"], "dash": style["dash"], "width": 2},
                 "text": g["text"][has].tolist(), "customdata": floats(g["time_ms_median"][has]),
                 "hovertemplate": template(f"{name} · {phase}", [
@@ -137,5 +139,6 @@ build = figure_section(
     throughput_figure,
     "Higher is better. Shaded bands span the p20–p80 of the timing samples. FLOPs "
     "follow harness/measure/flops.py: 4·B·H·Sq·Sk·D forward over the pairs the mask attends "
-    "(2·B·H·pairs·(D + D_v) when head_dim_v differs); backward 2.5×, forward+backward 3.5×.",
+    "(2·B·H·pairs·(D + D_v) when head_dim_v differs); backward 2.5×, forward+backward 3.5×. "
+    "A hollow point is a noisy row: its samples spread or drift (the hover says how).",
 )
