@@ -38,7 +38,9 @@ def relative_rows(rows: pd.DataFrame) -> pd.DataFrame:
     """ok single-device rows with `rel_time` and `rel_density` against their reference mask."""
     sel = rows[(rows["status"] == "ok") & (rows["world_size"] == 1)]
     sel = sel[finite(sel["time_ms_median"]) & finite(sel["mask_density"])]
-    if sel.empty or sel[["mask_label", "causal"]].drop_duplicates().shape[0] < 2:
+    # a run of full and causal attention only is the throughput figure's, not a mask study
+    if sel.empty or not (sel["mask_label"] != DENSE).any() \
+            or sel[["mask_label", "causal"]].drop_duplicates().shape[0] < 2:  # fmt: skip
         return sel.iloc[0:0]
     others = [c for c in ("impl", "phase", "run_id", "workload", "batch", "seqlen_q", "seqlen_k",
                           "num_heads", "num_kv_heads", "head_dim", "head_dim_v", "dtype",

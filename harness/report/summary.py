@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.report.common import PHASE_ORDER, esc, finite, labels, tick_label, varying
+from harness.report.common import PHASE_ORDER, esc, finite, labels, varying
 from harness.report.data import AXES
 
 LENGTH = {"decode": "seqlen_k"}  # the length a workload's summary is read by (else seq_len)
@@ -86,7 +86,7 @@ def _length(value: float) -> str:
 def _cell(win: Winner | None, unit: str) -> str:
     if win is None:
         return '<td class="win">–</td><td class="ratio">–</td>'
-    shown = f"{win.value:.3g} ms" if unit == "ms" else f"{tick_label(float(f'{win.value:.3g}'))} B"
+    shown = f"{win.value:.3g} ms" if unit == "ms" else _mib(win.value)
     ahead = "tied with" if win.ratio < 1.005 else f"{win.ratio:.2f}× vs"
     return (
         f'<td class="win" data-impl="{esc(win.impl)}"><b>{esc(win.impl)}</b> '
@@ -116,3 +116,8 @@ def summary_html(rows: pd.DataFrame) -> str:
             "Length is the sequence length (decode: the cache length).</p>"
             f'<div class="summarywrap"><table class="summary"><thead><tr>{head}</tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table></div>{tail}</section>")  # fmt: skip
+
+
+def _mib(nbytes: float) -> str:
+    """Bytes as MiB or GiB, as the rest of the harness prints peak memory."""
+    return f"{nbytes / 2**30:.3g} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.3g} MiB"
