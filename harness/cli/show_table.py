@@ -3,7 +3,8 @@
 Rows are grouped under their case name (up to ~50 characters, too wide to be a column beside nine
 others). Each number column has one unit, chosen to fit its values and named in a short header:
 time in µs / ms / s (`time ms`), memory in KiB / MiB / GiB (`peak MiB`), throughput in GFLOP/s or
-TFLOP/s; errors in short scientific notation (`2.8e-7`). Reasons are long and often repeated
+TFLOP/s, and for decode runs the achieved bandwidth (`GB/s`); errors in short scientific notation
+(`2.8e-7`). Reasons are long and often repeated
 (`needs CUDA ...` on every case of a CPU run), so each distinct one is numbered once below the
 table and the row's status points to it (`skipped [1]`). A noisy row (`noisy`: its samples spread
 or drift, harness/measure/derived.py) has `~` after its time, explained below the table. `--all`
@@ -106,14 +107,19 @@ def _scaled(factor: float, show: Callable[[float], str]) -> Callable[[Any], str]
 def columns_for(rows: Sequence[dict[str, Any]]) -> list[Column]:
     """The number columns that have a value in some row, each with the unit that fits them."""
     cols: list[Column] = []
-    for key, kind, name in (("time_ms_median", time_unit, "time {}"), ("tflops", flops_unit, "{}"),
-                            ("peak_mem_bytes", bytes_unit, "peak {}"),
-                            ("err_rel_l2", None, "err rel"),
-                            ("err_naive_same_dtype_rel_l2", None, "naive err")):  # fmt: skip
+    # decode is memory-bound: its figure of merit is the bandwidth, shown beside FLOP/s
+    decode = any(r.get("workload") == "decode" for r in rows)
+    specs = [("time_ms_median", time_unit, "time {}"), ("tflops", flops_unit, "{}"),
+             *([("gbytes_per_s", "plain", "GB/s")] if decode else []),
+             ("peak_mem_bytes", bytes_unit, "peak {}"), ("err_rel_l2", None, "err rel"),
+             ("err_naive_same_dtype_rel_l2", None, "naive err")]  # fmt: skip
+    for key, kind, name in specs:
         values = [x for r in rows if (x := _number(r.get(key))) is not None]
         if not values:
             continue
-        if kind is None:
+        if kind == "plain":
+            cols.append(Column(key, name, _scaled(1.0, fixed), True))
+        elif kind is None:
             cols.append(Column(key, name, _scaled(1.0, sci), True))
         else:
             unit, factor = kind(max(abs(v) for v in values))
@@ -195,7 +201,7 @@ def render(rows: Sequence[dict[str, Any]], *, title: str, width: int) -> list[Re
 
 
 def _value_text(key: str, value: Any) -> str:
-    if key.endswith("_bytes") and _number(value) is not None:
+    if key.endswith(("_bytes", "_bytes_formula")) and _number(value) is not None:
         return human_bytes(float(value))
     if isinstance(value, float):
         return fixed(value, 4) if 1e-3 <= abs(value) < 1e15 else f"{value:.4g}"

@@ -183,3 +183,18 @@ def test_a_query_that_does_not_fit_the_cache_is_one_clear_error() -> None:
     for name in ("decode_naive", "decode_sdpa_math", "decode_split_kv"):
         with pytest.raises(ValueError, match="does not go with a cache of batch 1"):
             REGISTRY.get(name).forward(q, cache)
+
+
+def test_show_has_a_bandwidth_column_for_decode_runs_only() -> None:
+    from harness.cli.show_table import render
+
+    def row(workload: str) -> dict:
+        return {"case": "c", "impl": "x", "phase": "fwd", "status": "ok", "workload": workload,
+                "time_ms_median": 2.0, "tflops": 0.01, "gbytes_per_s": 12.5,
+                "peak_mem_bytes": 3 * 2**20, "err_rel_l2": 1e-7}  # fmt: skip
+
+    decode = "\n".join(str(t) for t in render([row("decode")], title="r", width=100))
+    attention = "\n".join(str(t) for t in render([row("attention")], title="r", width=100))
+    assert "GB/s" in decode and "12.5" in decode
+    assert "GB/s" not in attention
+    assert max(len(line) for line in decode.splitlines()) <= 100
