@@ -35,7 +35,7 @@ from harness.report.common import (
     with_lines_and_slices,
 )  # fmt: skip
 from harness.report.data import CONTIGUOUS, ReportData
-from harness.report.roofline import bandwidth, peaks_by_run
+from harness.report.roofline import bandwidth, ceilings_note, peaks_by_run
 from harness.report.sections import Section
 
 KEY, TITLE = "decode", "Decode bandwidth"
@@ -136,22 +136,17 @@ def _add_peaks(spec: FigureSpec, view: pd.DataFrame, peaks: dict[str, dict[str, 
 
 
 def decode_note(sel: pd.DataFrame, peaks: dict[str, dict[str, Any] | None]) -> str:
-    runs = sorted(sel["run_id"].astype(str).unique().tolist())
-    several = len(runs) > 1
-    parts, missing = [NOTE], []
-    for run in runs:
+    def describe(run: str, prefix: str) -> str | None:
         bw = bandwidth(peaks.get(run))
         if bw is None:
-            missing.append(run)
-            continue
+            return None
         source = (peaks.get(run) or {}).get("source") or "source not recorded"
-        parts.append(f"{'Run ' + run + ' p' if several else 'P'}eak bandwidth {bw:.4g} GB/s "
-                     f"({source}).")  # fmt: skip
-    if missing:
-        which = ", ".join(missing) if several else "this run"
-        parts.append(f"No peak bandwidth recorded for {which}: no dashed line, and a fraction "
-                     "only where the rows carry bw_fraction.")  # fmt: skip
-    return " ".join(parts)
+        return f"{prefix + 'p' if prefix else 'P'}eak bandwidth {bw:.4g} GB/s ({source})."
+
+    runs = sorted(sel["run_id"].astype(str).unique().tolist())
+    return ceilings_note(NOTE, runs, describe, lambda which: (
+        f"No peak bandwidth recorded for {which}: no dashed line, and a fraction only where the "
+        "rows carry bw_fraction."))  # fmt: skip
 
 
 def build(data: ReportData) -> Section | None:

@@ -16,6 +16,7 @@ selectors, and any other axis that varies but is not a length becomes a slice.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -233,27 +234,42 @@ def roofline_figure(rows: pd.DataFrame,
     return spec.to_dict()
 
 
+def ceilings_note(intro: str, runs: list[str], describe: Callable[[str, str], str | None],
+                  missing: Callable[[str], str]) -> str:  # fmt: skip
+    """`intro`, then a sentence per run (`describe(run, prefix)`, None for a run without
+    ceilings; `prefix` names the run when the view has several), then `missing(which)` once for
+    the runs without."""
+    several = len(runs) > 1
+    parts, without = [intro], []
+    for run in runs:
+        sentence = describe(run, f"Run {run} " if several else "")
+        if sentence is None:
+            without.append(run)
+        else:
+            parts.append(sentence)
+    if without:
+        parts.append(missing(", ".join(without) if several else "this run"))
+    return " ".join(parts)
+
+
 def roofline_note(rows: pd.DataFrame, peaks: dict[str, dict[str, Any] | None]) -> str:
     """The fixed explanation, each plotted run's ceilings and their source, and the runs without."""
-    runs = sorted(roofline_rows(rows)["run_id"].astype(str).unique().tolist())
-    several = len(runs) > 1
-    parts, missing = [NOTE], []
-    for run in runs:
+
+    def describe(run: str, prefix: str) -> str | None:
         run_peaks = peaks.get(run)
         if not run_peaks:
-            missing.append(run)
-            continue
+            return None
         bw = bandwidth(run_peaks)
         tops = ", ".join(f"{ROOF_LABEL[k]} {v:.4g} TFLOP/s"
                          for k, v in compute_roofs(run_peaks, {"float32", "bfloat16"}))  # fmt: skip
         values = ", ".join(x for x in (f"{bw:.4g} GB/s" if bw else "", tops) if x)
         source = run_peaks.get("source") or "source not recorded"
-        parts.append(f"{'Run ' + run + ' c' if several else 'C'}eilings: {values} ({source}).")
-    if missing:
-        which = ", ".join(missing) if several else "this run"
-        parts.append(f"No device ceilings recorded for {which} (a run from before the peaks were "
-                     "measured, or a dry run): its points are plotted without roofs.")  # fmt: skip
-    return " ".join(parts)
+        return f"{prefix + 'c' if prefix else 'C'}eilings: {values} ({source})."
+
+    runs = sorted(roofline_rows(rows)["run_id"].astype(str).unique().tolist())
+    return ceilings_note(NOTE, runs, describe, lambda which: (
+        f"No device ceilings recorded for {which} (a run from before the peaks were measured, "
+        "or a dry run): its points are plotted without roofs."))  # fmt: skip
 
 
 def build(data: ReportData) -> Section | None:
