@@ -13,7 +13,7 @@ Schema history (`schema_version` on every record of a run directory):
        arith_intensity, bw_fraction, flops_fraction; the decode workload's page_size,
        cache_dist, cache_bytes and cache_bytes_formula. Later v3 rows add optional fields, which
        older v3 rows lack (readers treat a missing one as "not recorded"): num_threads, noisy
-       and noise_note.
+       and noise_note; injected_slowdown (tests and benchmarks only, harness/run/inject.py).
 Version-1 and -2 records are upgraded on read (`upgrade`: the new case fields take the values the
 old case meant); newer versions are refused.
 """
@@ -109,6 +109,7 @@ class Row(TypedDict, total=False):
     noisy: bool
     noise_note: str
     num_threads: int
+    injected_slowdown: float
     flops: float
     tflops: float
     tokens_per_s: float

@@ -23,6 +23,7 @@ from harness.measure.peaks import fractions
 from harness.measure.phases import grad_bytes, make_phase, run_once_for_check
 from harness.measure.timing import time_one_ms, time_samples_ms
 from harness.registry import REGISTRY, Impl
+from harness.run.inject import slowed
 from harness.run.task import Task, classify
 from harness.workloads import get_workload
 from harness.workloads.base import Inputs, Reference
@@ -242,8 +243,11 @@ def measure(task: Task, group: Group | None = None) -> dict[str, Any]:
         mine["mem"] = mem
     if task.measure != "memory":
         hooks = {} if group is None else {"before_sample": group.barrier, "decide": group.decide}
+        timed, injected = slowed(phase.fn, task.impl, device)  # tests/benchmarks only
+        if injected:
+            row["injected_slowdown"] = injected
         mine["samples"] = time_samples_ms(
-            phase.fn, device=device, warmup=0, repeats=t["repeats"],
+            timed, device=device, warmup=0, repeats=t["repeats"],
             min_repeats=t["min_repeats"], max_time_s=t["max_time_s"], **hooks,
         )  # fmt: skip
         if group is not None and impl.distributed is not None:

@@ -1,0 +1,91 @@
+"""Does the nightly judge cry wolf? Same-commit pairs, and pairs with a known injected slowdown.
+
+For each of N pairs: one baseline run of the nightly suite, one candidate at the same commit (the
+null: every flagged row is a false alarm), and one candidate per injected slowdown, where
+HARNESS_TEST_SLOWDOWN makes one implementation's timed calls (1 + f)× slower
+(harness/run/inject.py). Each run is a fresh `harness run` (new worker processes), so the pairs
+hold the between-process variance that separates two nights. Every candidate is judged by
+`harness compare`'s rule (harness/regress/compare.py) against its pair's baseline.
+
+Targets (issue 14): 0 rows flagged over all null pairs; a 10% slowdown flagged (≥ 1 of the slowed
+implementation's rows a `regression`) in ≥ 4 of 5 pairs; a 3% slowdown flagged in at most 1.
+
+    .venv/bin/python benchmarks/false_alarms.py [--pairs 5] [--impl sdpa_math] \
+        [--slowdowns 0.10,0.03] [--suite suites/nightly.yaml] [--work /tmp/false_alarms]
+
+Takes pairs × (2 + len(slowdowns)) nightly runs (~1 min each on 2 CPU cores). Run it on an idle
+machine; `--reuse` keeps runs already in --work (the script can be resumed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from harness.regress.compare import compare_paths
+
+FLAGGED = ("regression", "improvement", "changed")  # any verdict that would make someone look
+
+
+def _run(suite: str, out: Path, env_extra: dict[str, str], reuse: bool) -> Path:
+    done = sorted(p.parent for p in out.glob("*/run.json")) if out.exists() else []
+    if reuse and done:
+        return done[-1]
+    env = {**os.environ, **env_extra}
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", suite, "--out", str(out),
+                           "--no-report"], env=env, capture_output=True, text=True)  # fmt: skip
+    if proc.returncode != 0:
+        sys.exit(f"harness run failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def _judge(base: Path, cand: Path, impl: str | None) -> tuple[Counter, list[str], int]:
+    comparison = compare_paths(base, cand)
+    verdicts = Counter(r.verdict for r in comparison.rows)
+    flagged = [f"{r.impl} {r.case} {r.phase}: {r.verdict}" for r in comparison.rows
+               if r.verdict in FLAGGED]  # fmt: skip
+    slowed_hits = sum(1 for r in comparison.rows if r.impl == impl and r.verdict == "regression")
+    return verdicts, flagged, slowed_hits
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=5)
+    ap.add_argument("--impl", default="sdpa_math", help="the implementation slowed down")
+    ap.add_argument("--slowdowns", default="0.10,0.03")
+    ap.add_argument("--suite", default="suites/nightly.yaml")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/false_alarms"))
+    ap.add_argument("--reuse", action="store_true")
+    args = ap.parse_args()
+    slowdowns = [float(s) for s in args.slowdowns.split(",") if s]
+
+    null_flags = 0
+    hits: dict[float, int] = dict.fromkeys(slowdowns, 0)
+    for i in range(args.pairs):
+        base = _run(args.suite, args.work / f"pair{i}" / "base", {}, args.reuse)
+        cand = _run(args.suite, args.work / f"pair{i}" / "null", {}, args.reuse)
+        verdicts, flagged, _ = _judge(base, cand, None)
+        null_flags += len(flagged)
+        print(f"pair {i} null: {dict(verdicts)}", *(f"  FLAGGED {f}" for f in flagged), sep="\n")
+        for f in slowdowns:
+            env = {"HARNESS_TEST_SLOWDOWN": f"{args.impl}={f}"}
+            slow = _run(args.suite, args.work / f"pair{i}" / f"slow{f:g}", env, args.reuse)
+            verdicts, flagged, n_hit = _judge(base, slow, args.impl)
+            others = [x for x in flagged if not x.startswith(f"{args.impl} ")]
+            hits[f] += n_hit > 0
+            print(f"pair {i} +{f:.0%} {args.impl}: {n_hit} of its rows flagged regression; "
+                  f"other rows flagged: {len(others)}", *(f"  FLAGGED {x}" for x in others),
+                  sep="\n")  # fmt: skip
+        sys.stdout.flush()
+
+    print(f"\nnull pairs: {null_flags} rows flagged in {args.pairs} pairs (target 0)")
+    for f in slowdowns:
+        print(f"+{f:.0%} on {args.impl}: flagged in {hits[f]} of {args.pairs} pairs")
+
+
+if __name__ == "__main__":
+    main()
