@@ -14,6 +14,10 @@ Schema history (`schema_version` on every record of a run directory):
        cache_dist, cache_bytes and cache_bytes_formula. Later v3 rows add optional fields, which
        older v3 rows lack (readers treat a missing one as "not recorded"): num_threads, noisy
        and noise_note; injected_slowdown (tests and benchmarks only, harness/run/inject.py).
+       timing_mode (perf_counter, cuda_events[+l2_flush], cuda_graph[+l2_flush]); with
+       timing.processes > 1: processes, worker_pids and time_ms_median_per_process.
+       other_cpu_cores, steal_cpu_cores, contended and contention_note (CPU time other
+       processes and the hypervisor took while the row was timed, measure/contention.py).
 Version-1 and -2 records are upgraded on read (`upgrade`: the new case fields take the values the
 old case meant); newer versions are refused.
 """
@@ -41,6 +45,7 @@ MEMORY_FIELDS: tuple[str, ...] = (
     "mem_budget_bytes",
     "mem_below_resolution",
     "peak_mem_above_inputs_bytes_per_rank",
+    "peak_mem_above_inputs_bytes_per_node",
 )
 
 
@@ -54,7 +59,9 @@ class Row(TypedDict, total=False):
     input_scale, input_layout; mask_density (attended fraction of the Sq·Sk pairs).
     Outcome: status, reason (one line; for `error` also `traceback`), elapsed_s.
     Time: time_ms_median, time_ms_p20, time_ms_p80 (of `num_samples` samples; the raw samples go to
-    samples.jsonl), noisy and noise_note (the samples' spread or drift, harness/measure/derived.py),
+    samples.jsonl), noisy and noise_note (the samples' spread or drift, harness/measure/derived.py;
+    or other processes' CPU use while timed: other_cpu_cores, steal_cpu_cores, contended,
+    contention_note, harness/measure/contention.py),
     num_threads (torch's intra-op threads the samples ran on: the suite's `threads`, else the
     physical cores, harness/run/threads.py; 1 on the ranks of a distributed case), flops
     (forward 4·B·H·Sq·Sk·D over attended pairs; backward 2.5×), tflops, tokens_per_s.
@@ -110,6 +117,14 @@ class Row(TypedDict, total=False):
     noise_note: str
     num_threads: int
     injected_slowdown: float
+    other_cpu_cores: float
+    steal_cpu_cores: float
+    contended: bool
+    contention_note: str
+    timing_mode: str
+    processes: int
+    worker_pids: list[int]
+    time_ms_median_per_process: list[float]
     flops: float
     tflops: float
     tokens_per_s: float

@@ -16,15 +16,16 @@ from typing import Any, Protocol
 
 import torch
 
+from harness.measure.contention import CpuWindow, contention_fields, merge_noise
 from harness.measure.derived import time_fields
 from harness.measure.error import max_abs, rel_l2
 from harness.measure.memory import live_bytes, measure_peak
 from harness.measure.peaks import fractions
 from harness.measure.phases import grad_bytes, make_phase, run_once_for_check
-from harness.measure.timing import time_one_ms, time_samples_ms
+from harness.measure.timing import time_one_ms, time_samples_ms, timing_mode
 from harness.registry import REGISTRY, Impl
 from harness.run.inject import slowed
-from harness.run.task import Task, classify
+from harness.run.task import Task, Unsupported, classify
 from harness.workloads import get_workload
 from harness.workloads.base import Inputs, Reference
 
@@ -246,10 +247,22 @@ def measure(task: Task, group: Group | None = None) -> dict[str, Any]:
         timed, injected = slowed(phase.fn, task.impl, device)  # tests/benchmarks only
         if injected:
             row["injected_slowdown"] = injected
+        graph = bool(t.get("cuda_graph", False)) and device == "cuda"
+        if graph and group is not None:  # NCCL exchanges and barriers cannot sit in a graph
+            raise Unsupported(
+                "timing.cuda_graph: not with world_size > 1 (collectives and "
+                "per-sample barriers cannot be captured); set cuda_graph: false"
+            )
+        window = CpuWindow.start()  # what others took of the CPU while timing
         mine["samples"] = time_samples_ms(
             timed, device=device, warmup=0, repeats=t["repeats"],
-            min_repeats=t["min_repeats"], max_time_s=t["max_time_s"], **hooks,
+            min_repeats=t["min_repeats"], max_time_s=t["max_time_s"],
+            warmup_ms=t.get("warmup_ms", 0.0), l2_flush=t.get("l2_flush", True),
+            cuda_graph=graph, **hooks,
         )  # fmt: skip
+        mine["cpu"] = window.stop()
+        row["timing_mode"] = timing_mode(device, l2_flush=t.get("l2_flush", True),
+                                         cuda_graph=graph)  # fmt: skip
         if group is not None and impl.distributed is not None:
             mine["comm"] = _observe_comm(impl, phase.fn, device, group)
     if group is None:
@@ -289,6 +302,7 @@ def measure(task: Task, group: Group | None = None) -> dict[str, Any]:
     if task.measure != "memory":
         worst = [max(r["samples"][i] for r in everyone) for i in range(len(mine["samples"]))]
         row.update(time_fields(case, task.phase, worst))
+        merge_noise(row, contention_fields([r.get("cpu") for r in everyone], device))
         row["num_threads"] = torch.get_num_threads()  # the samples' intra-op threads (rank 0's)
         row.update(fractions(row, task.device_peaks))
         if group is not None:
