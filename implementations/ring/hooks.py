@@ -11,7 +11,13 @@ import torch
 
 from harness.hooks import CommObserver, DistributedHooks
 from implementations.ring.ring_exchange import Ring, observe
-from implementations.ring.seq_layouts import gather_sequence, load_imbalance, plan, shard_sequence
+from implementations.ring.seq_layouts import (
+    gather_sequence,
+    load_imbalance,
+    padded_len,
+    plan,
+    shard_sequence,
+)
 
 
 def _shard(x: torch.Tensor, case: Any, rank: int, world_size: int) -> torch.Tensor:
@@ -19,7 +25,8 @@ def _shard(x: torch.Tensor, case: Any, rank: int, world_size: int) -> torch.Tens
 
 
 def _gather(parts: list[torch.Tensor], case: Any) -> torch.Tensor:
-    return gather_sequence(parts, seq_layout=case.seq_layout, dim=1)
+    # drop the padding `shard_sequence` added for a length the layout cannot split
+    return gather_sequence(parts, seq_layout=case.seq_layout, dim=1, seq_len=case.sk)
 
 
 def _observe(observer: CommObserver) -> Any:
@@ -40,12 +47,13 @@ def _replay(sent: list[int], device: str) -> Callable[[], None]:
 
 
 def _forward_kwargs(case: Any) -> dict[str, Any]:
-    return {"seq_layout": case.seq_layout}
+    return {"seq_layout": case.seq_layout, "seq_len": case.sk}
 
 
 def _row_fields(case: Any, world_size: int) -> dict[str, Any]:
+    local_len = padded_len(case.sk, case.seq_layout, world_size) // world_size
     return {"load_imbalance": load_imbalance(case.seq_layout, world_size=world_size,
-                                             local_len=case.seq_len // world_size,
+                                             local_len=local_len,
                                              causal=case.causal)}  # fmt: skip
 
 

@@ -61,3 +61,23 @@ def test_a_failing_rank_ends_its_case_and_the_sweep_goes_on(fault, status, tmp_p
         assert "rank 1 of 2 died (exit code 3)" in rows[2]["reason"]
     assert rows[1]["status"] == "ok" and rows[1]["err_rel_l2"] < 1e-5
     assert time.monotonic() - started < 50
+
+
+@pytest.mark.slow  # ~25 s: two harness cases with worker and rank processes
+@pytest.mark.distributed
+def test_lengths_no_layout_splits_and_gqa_run_through_the_harness(tmp_path):
+    """The registry path pads and masks too (seq_len 15 on 2 ranks), with GQA k/v travelling
+    with their own heads: half the heads, half the bytes of the MHA row."""
+    data = tiny_suite(implementations=["ring"],
+                      sweep={"seq_len": [15], "world_size": [2], "causal": [True],
+                             "seq_layout": ["zigzag"], "num_kv_heads": [None, 1],
+                             "phase": ["fwd_bwd"]})  # fmt: skip
+    rows = {r["num_kv_heads"]: r for r in _rows(data, tmp_path)}
+    assert set(rows) == {2, 1}, rows
+    for row in rows.values():
+        assert row["status"] == "ok", row
+        for key in ("err_rel_l2", "err_dq_rel_l2", "err_dk_rel_l2", "err_dv_rel_l2"):
+            assert row[key] < 1e-5, (row["num_kv_heads"], key, row[key])
+    # 15 pads to 16 (zigzag on 2 ranks: 2P = 4 chunks): 8 local positions, fp32, head_dim 16
+    for kv_heads, row in rows.items():
+        assert row["bytes_sent_per_step_per_rank"] == [2 * 8 * kv_heads * 16 * 4] * 2
