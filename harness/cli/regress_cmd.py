@@ -67,7 +67,8 @@ def history_cmd(
 ) -> None:
     """Time series per case over many runs; exit 1 if a regression persists at the newest night.
 
-    Each night is judged by compare's rule against the pooled samples of the nights before it.
+    Change points come from ruptures (PELT) and are kept only when compare's rule finds the
+    segments differ; a night is flagged when a regression change holds for --persist nights.
     """
     from pydantic import ValidationError
     from rich.text import Text
@@ -100,6 +101,17 @@ def history_cmd(
                                                "phase", "time_ms_median", "ref_time_ms",
                                                "worse")))  # fmt: skip
     out.print(table)
+    changes = flagged[flagged["change"].notna()]
+    if len(changes):  # every judged step, older ones too: where a level moved and by how much
+        plural = "s" if len(changes) != 1 else ""
+        steps = Table(title=f"{len(changes)} change point{plural} (judged by compare's rule)")
+        for col in ("suite", "device", "case", "impl", "phase", "run", "change", "time ratio"):
+            steps.add_column(col, overflow="fold")
+        for rec in changes.to_dict("records"):
+            steps.add_row(*(Text(fmt(rec[k])) for k in ("suite_name", "device_name", "case",
+                                                        "impl", "phase", "run_id", "change",
+                                                        "change_ratio")))  # fmt: skip
+        out.print(steps)
     if csv_path is not None:  # the raw samples stay in the run directories
         plain = flagged.drop(
             columns=[hist.SAMPLES, hist.NAN_FIELDS, hist.SUITE_COMPARE], errors="ignore"

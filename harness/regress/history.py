@@ -1,14 +1,15 @@
-"""Time series over many runs, and regressions that persist.
+"""Time series over many runs: change points, and regressions that persist.
 
 One night is noise; a change that holds is a signal. A series (suite × profile × device × case ×
-implementation × phase) is flagged at night i when each of the last `persist` nights (default 2)
-is worse than the `window` ok nights before them (as the nightly dashboards of large projects do,
-e.g. Chromium's perf sheriffing and pytorch's HUD: compare against a recent window and wait for
-confirmation). Worse has one meaning, compare's: `compare.judge` says `regression` for that night
-(its row and raw samples as the candidate) against the window (the nights' median row values and
-their pooled raw samples as the baseline). So a slowdown needs compare's effect *and* its
-Mann-Whitney evidence, memory and error gate on compare's tolerances, and ok -> any other status
-is a regression.
+implementation × phase) is cut into levels: `ruptures` (PELT, see `changepoints`) proposes where
+its time, memory or error may have moved, a status change always proposes, and every proposal is
+judged with compare's rule (`compare.judge`: effect beyond time_tol *and* Mann-Whitney evidence
+between the pooled samples of the two segments; memory and error on compare's tolerances; ok ->
+any other status is a regression). Only a judged `regression` or `improvement` is a change point.
+A night is flagged (`regressed`) when a regression change point opened its level, it is at least
+the `persist`-th night (default 2) of that level, and the judge still finds it worse than the
+level before (as nightly dashboards do, e.g. Chromium's perf sheriffing, MongoDB's E-Divisive
+change points in Evergreen: find the step, then confirm it).
 """
 
 from __future__ import annotations
@@ -150,36 +151,107 @@ def window_side(past: list[dict[str, Any]]) -> Side:
     return Side(row, pooled or None)
 
 
+def _signals(night: dict[str, Any]) -> dict[str, Any]:
+    """The fields whose moves make change-point candidates: time, peak memory, gated errors."""
+    row = _row(night)
+    return {k: v for k, v in row.items()
+            if k in ("time_ms_median", "peak_mem_bytes")
+            or (k.startswith("err_") and k.endswith("_rel_l2") and "naive" not in k)}  # fmt: skip
+
+
+def candidates(nights: list[dict[str, Any]]) -> list[int]:
+    """Night indices where a series may change level: every status change, every field that
+    turns finite or not, and what `changepoints.change_points` (ruptures PELT) proposes on each
+    field's positive values over the ok nights."""
+    from harness.regress.changepoints import change_points
+
+    cuts = {i for i in range(1, len(nights)) if nights[i]["status"] != nights[i - 1]["status"]}
+    ok = [i for i, n in enumerate(nights) if n["status"] == "ok"]
+    fields = sorted({k for i in ok for k in _signals(nights[i])})
+    for field in fields:
+        usable = [is_finite_number(nights[i].get(field)) and float(nights[i][field]) > 0
+                  for i in ok]  # fmt: skip
+        cuts |= {ok[j] for j in range(1, len(ok)) if usable[j] != usable[j - 1]}
+        idx = [i for i, u in zip(ok, usable, strict=True) if u]
+        cuts |= {idx[j] for j in change_points([float(nights[i][field]) for i in idx])}
+    return sorted(cuts)
+
+
+def _side(nights: list[dict[str, Any]], *, last: bool, window: int) -> Side:
+    """A level (or a segment) as one side of the judge: its ok nights pooled (the last or the
+    first `window` of them), or its edge night when that night is not ok."""
+    edge = nights[-1] if last else nights[0]
+    if edge["status"] != "ok":
+        return night_side(edge)
+    ok = [n for n in nights if n["status"] == "ok"]
+    return window_side(ok[-window:] if last else ok[:window])
+
+
 def flag_series(nights: list[dict[str, Any]], s: CompareSettings, *, window: int, persist: int,
                 min_window: int) -> list[dict[str, Any]]:  # fmt: skip
-    """Per night of one series: the window's median time, the judge's verdict on the night, why it
-    is worse (compare's reasons, or None) and whether it is flagged (`persist` worse in a row).
+    """Per night of one series: change (the verdict of a change point opening a new level here,
+    else None), change_ratio (that level's median time / the level before), ref_time_ms, the
+    judge's verdict on the night, why it is worse (compare's reasons, or None) and regressed.
 
-    The `persist` nights ending at night i are each judged against the same window: the last
-    `window` ok nights before the first of them (at least `min_window`).
+    Levels: the series is cut at `candidates`; left to right, each segment is judged (compare's
+    `judge`, both sides pooled over at most `window` nights) against the current level. A
+    `regression` or `improvement` opens a new level; anything else (noise, a change below the
+    thresholds) joins the current level. The first level needs `min_window` ok nights before it
+    is judged against. Each night is then judged against its reference: the last `window` ok
+    nights of the level before its own when a change opened its level, else its own level's ok
+    nights before it (at least `min_window`). A night is `regressed` when its level was opened
+    by a regression, it is at least the `persist`-th night of it, and it is itself judged a
+    regression: a change that holds.
     """
+    import statistics
+
+    cuts = [0, *candidates(nights), len(nights)]
+    segments = [nights[a:b] for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+    levels: list[dict[str, Any]] = [{"nights": list(segments[0]), "change": None, "prev": None}]
+    for seg in segments[1:]:
+        level = levels[-1]
+        ok = [n for n in level["nights"] if n["status"] == "ok"]
+        if level["prev"] is None and level["nights"][-1]["status"] == "ok" and len(ok) < min_window:
+            level["nights"] += seg  # too few nights to call anything a change yet
+            continue
+        verdict = judge(_side(level["nights"], last=True, window=window),
+                        _side(seg, last=False, window=window), s, ci=False)  # fmt: skip
+        if verdict.verdict in ("regression", "improvement"):
+            levels.append({"nights": list(seg), "change": verdict.verdict, "prev": level})
+        else:
+            level["nights"] += seg
+
+    def level_time(nights_: list[dict[str, Any]]) -> float:
+        times = [n["time_ms_median"] for n in nights_ if n["status"] == "ok"
+                 and is_finite_number(n.get("time_ms_median"))]  # fmt: skip
+        return float(statistics.median(times)) if times else math.nan
+
     out = []
-    for i in range(len(nights)):
-        start = i - persist + 1
-        past = [n for n in nights[: max(0, start)] if n["status"] == "ok"][-window:]
-        res: dict[str, Any] = {"ref_time_ms": math.nan, "verdict": None, "worse": None,
-                               "regressed": False}  # fmt: skip
-        if start >= 0 and len(past) >= min_window:
-            base = window_side(past)
-            res["ref_time_ms"] = base.row.get("time_ms_median", math.nan)
-            regressed = True
-            # newest night first: a night that is not worse settles it, the others need no judging
-            for j in range(i, start - 1, -1):
-                verdict = judge(base, night_side(nights[j]), s, ci=False)
-                if j == i:
-                    res["verdict"] = verdict.verdict
-                    if verdict.verdict == "regression":
-                        res["worse"] = "; ".join(verdict.reasons)
-                if verdict.verdict != "regression":
-                    regressed = False
-                    break
-            res["regressed"] = regressed
-        out.append(res)
+    for level in levels:
+        prev = level["prev"]
+        prev_ok = [n for n in prev["nights"] if n["status"] == "ok"][-window:] if prev else []
+        ratio = level_time(level["nights"]) / level_time(prev["nights"]) if prev else math.nan
+        for pos, night in enumerate(level["nights"]):
+            if prev is not None:
+                past = prev_ok
+            else:
+                past = [n for n in level["nights"][:pos] if n["status"] == "ok"][-window:]
+                past = past if len(past) >= min_window else []
+            # the old columns first (CSV readers index them), the change-point ones after
+            res: dict[str, Any] = {"ref_time_ms": math.nan, "verdict": None, "worse": None,
+                                   "regressed": False,
+                                   "change": level["change"] if pos == 0 else None,
+                                   "change_ratio": ratio if pos == 0 else math.nan}  # fmt: skip
+            if past:
+                base = window_side(past)
+                res["ref_time_ms"] = base.row.get("time_ms_median", math.nan)
+                verdict = judge(base, night_side(night), s, ci=False)
+                res["verdict"] = verdict.verdict
+                if verdict.verdict == "regression":
+                    res["worse"] = "; ".join(verdict.reasons)
+                res["regressed"] = (level["change"] == "regression" and pos >= persist - 1
+                                    and verdict.verdict == "regression")  # fmt: skip
+            out.append(res)
     return out
 
 
@@ -207,8 +279,10 @@ def _series_settings(nights: list[dict[str, Any]], settings: CompareSettings | N
 def flag_history(frame, settings: CompareSettings | None = None, *, window: int = 7,
                  persist: int = 2, min_window: int = 3,
                  overrides: dict[str, Any] | None = None):  # fmt: skip
-    """The frame plus ref_time_ms, verdict (the judge's, or None before a window exists), worse
-    (compare's reasons, or None) and regressed (bool: `persist` worse nights in a row) per night.
+    """The frame plus, per night, ref_time_ms (the reference's median time), verdict (the judge's
+    on the night, or None without a reference), worse (compare's reasons, or None), regressed
+    (bool: see `flag_series`), change (`regression` / `improvement` on the first night of a new
+    level, else None) and change_ratio (that level's median time over the level before's).
 
     Thresholds: `settings` when given; otherwise, per series, the newest run's suite `compare:`
     section with `overrides` (command-line flags) on top — exactly what `harness compare` uses.

@@ -91,9 +91,11 @@ def history_section(data: ReportData) -> Section | None:
     from harness.report.history_figure import history_figure
 
     return Section("history", "History", [adopt(history_figure(frame))],
-                   "Median time per night for every series; red crosses mark nights flagged as a "
-                   "regression: compare's verdict against the pooled samples of the recent window, "
-                   "on consecutive nights.")  # fmt: skip
+                   "Median time per night for every series. Triangles mark change points "
+                   "(ruptures PELT, kept when compare's rule finds the nights before and after "
+                   "differ), labelled with the new level's time ratio: red up a slowdown, green "
+                   "down a speedup. Red crosses mark nights flagged as a regression: a slowdown "
+                   "that held for consecutive nights.")  # fmt: skip
 
 
 def ring_model_section(data: ReportData) -> Section | None:

@@ -73,6 +73,51 @@ def impl_color(name: str) -> str:
     return PALETTE[int.from_bytes(digest[:4], "big") % len(PALETTE)]
 
 
+# Colour alone does not tell two lines apart when they coincide (bpt's peak memory is
+# sdpa_flash's): each implementation also has a fixed marker symbol and dash, so the one drawn
+# underneath still shows through. Symbols leave out the failure markers' (FAIL_SYMBOL); dashes
+# leave out "dash", the memory figure's model guide.
+SYMBOLS = ("circle", "square", "triangle-up", "star", "hexagon", "triangle-down", "pentagon",
+           "cross", "star-triangle-up", "hourglass", "triangle-left", "star-square")  # fmt: skip
+IMPL_DASHES = ("solid", "dot", "dashdot", "longdash", "longdashdot")
+IMPL_STYLE = {  # (symbol, dash); coinciding pairs (naive / sdpa_math, bpt / sdpa_flash) differ
+    "naive": ("circle", "solid"), "sdpa_math": ("square", "dot"),
+    "chunked": ("triangle-up", "dashdot"), "bpt": ("star", "dot"),
+    "sdpa_flash": ("hexagon", "solid"), "sdpa_efficient": ("triangle-down", "longdash"),
+    "sdpa_cudnn": ("pentagon", "longdashdot"), "flex": ("cross", "dashdot"),
+    "ring": ("star-triangle-up", "longdash"), "flash_attn2": ("hourglass", "solid"),
+    "flash_attn3": ("triangle-left", "dot"), "flash_attn4": ("star-square", "dashdot"),
+    "xformers": ("square", "longdash"), "xformers_cutlass": ("circle", "dot"),
+    "xformers_flash": ("triangle-up", "longdashdot"), "xformers_flash3": ("hexagon", "dot"),
+    "xformers_ck": ("pentagon", "dashdot"),
+    "decode_naive": ("circle", "solid"), "decode_sdpa_math": ("square", "dot"),
+    "decode_sdpa_flash": ("triangle-up", "solid"), "decode_flash_attn2": ("star", "dashdot"),
+    "decode_flash_attn3": ("hexagon", "dot"), "decode_flex": ("triangle-down", "longdash"),
+    "decode_flashinfer": ("pentagon", "dashdot"), "decode_flashinfer_prefill": ("cross", "dot"),
+    "decode_split_kv": ("star-square", "longdashdot"), "decode_xformers": ("hourglass", "dot"),
+    "vanilla_layer": ("circle", "solid"), "bpt_layer": ("star", "dot"),
+    "memeff_layer": ("square", "dashdot"),
+}  # fmt: skip
+
+
+def _digest(name: str) -> int:
+    return int.from_bytes(hashlib.sha1(name.encode("utf-8")).digest()[:4], "big")
+
+
+def impl_symbol(name: str) -> str:
+    """The marker symbol of implementation `name`: fixed for the common ones, else hashed."""
+    if name in IMPL_STYLE:
+        return IMPL_STYLE[name][0]
+    return SYMBOLS[_digest(name) // 7 % len(SYMBOLS)]
+
+
+def impl_dash(name: str) -> str:
+    """The line dash of implementation `name`: fixed for the common ones, else hashed."""
+    if name in IMPL_STYLE:
+        return IMPL_STYLE[name][1]
+    return IMPL_DASHES[_digest(name) // 91 % len(IMPL_DASHES)]
+
+
 def impl_colors(impls: list[str]) -> dict[str, str]:
     """A colour per implementation, a function of its name alone: the same in every report."""
     return {name: impl_color(str(name)) for name in sorted(set(impls), key=str)}
@@ -142,6 +187,11 @@ def _short_reason(reason: Any) -> str:
 NOISY_SYMBOL = "circle-open"  # a noisy row's point: hollow (derived.noise_fields); others filled
 
 
+def hollow(symbol: str) -> str:
+    """The open (hollow) form of a plotly marker symbol: how a noisy row's point is drawn."""
+    return symbol if symbol.endswith("-open") else f"{symbol}-open"
+
+
 def noisy_text(frame: pd.DataFrame, text: pd.Series) -> pd.Series:
     """`text` (hover text per row) with a noisy row's `noise_note` added on a line of its own."""
     noisy = frame["noisy"].to_numpy(dtype=bool)
@@ -151,13 +201,13 @@ def noisy_text(frame: pd.DataFrame, text: pd.Series) -> pd.Series:
     return text + note.astype(object).where(noisy, "")
 
 
-def point_marker(noisy: Any, size: int = 6) -> dict[str, Any]:
-    """A line's marker: a per-point symbol array (noisy points hollow) only when one is noisy, so
-    the many lines with none stay as small as before."""
+def point_marker(noisy: Any, size: int = 6, symbol: str = "circle") -> dict[str, Any]:
+    """A line's marker in its implementation's `symbol`: a per-point symbol array (noisy points
+    hollow) only when one is noisy, so the many lines with none stay as small as before."""
     flags = [bool(n) for n in noisy]
     if not any(flags):
-        return {"size": size}
-    symbols = [NOISY_SYMBOL if n else "circle" for n in flags]
+        return {"size": size, "symbol": symbol}
+    symbols = [hollow(symbol) if n else symbol for n in flags]
     return {"size": size, "symbol": symbols, "line": {"width": 2}}
 
 
@@ -191,14 +241,56 @@ def finite(values: Any) -> np.ndarray:
 
 
 def line_styles(frame: pd.DataFrame, colors: dict[str, str]) -> dict[str, dict[str, str]]:
-    """Colour by implementation, dash by line variant, so lines of one kernel read as a family."""
+    """Colour, marker symbol and dash by implementation (fixed per name, `IMPL_STYLE`), so lines
+    that coincide stay apart; a kernel's further line variants (other runs) take the next dashes,
+    so lines of one kernel read as a family."""
     styles: dict[str, dict[str, str]] = {}
     seen: dict[str, int] = {}
     for name, impl in sorted(set(zip(frame["series"], frame["impl"], strict=True))):
         k = seen.get(impl, 0)
         seen[impl] = k + 1
-        styles[name] = {"color": colors.get(impl, "#333"), "dash": DASHES[k % len(DASHES)]}
+        first = IMPL_DASHES.index(impl_dash(str(impl)))
+        styles[name] = {"color": colors.get(impl, "#333"), "symbol": impl_symbol(str(impl)),
+                        "dash": IMPL_DASHES[(first + k) % len(IMPL_DASHES)]}  # fmt: skip
     return styles
+
+
+def stagger_coinciding(data: list[dict[str, Any]], *, base_size: int = 7, step: int = 4,
+                       decades: float = 0.01) -> int:  # fmt: skip
+    """Keep lines that coincide visible: where line traces of one panel and control choice share
+    a point (same x, y within `decades` on a log axis, ~2%), a trace drawn earlier (lower in the
+    page's stacking) gets a marker `step` px larger per trace drawn over it, so it shows as a ring
+    around the later ones, and a wider line. Changes `data` in place; returns how many traces.
+
+    With the implementations' distinct symbols and dashes (`IMPL_STYLE`), two kernels with equal
+    memory (bpt and sdpa_flash) read as two lines rather than one.
+    """
+    groups: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
+    for ti, t in enumerate(data):
+        if t.get("meta", {}).get("role") != "line" or "markers" not in t.get("mode", ""):
+            continue
+        ctl = tuple(sorted(t["meta"].get("controls", {}).items()))
+        for pi, (x, y) in enumerate(zip(t["x"], t["y"], strict=True)):
+            if y is None or not y > 0:
+                continue
+            key = (t.get("xaxis"), t.get("yaxis"), ctl, x, round(math.log10(y) / decades))
+            groups.setdefault(key, []).append((ti, pi))
+    above: dict[int, dict[int, int]] = {}
+    for members in groups.values():
+        for rank, (ti, pi) in enumerate(members):  # data order: a later trace is drawn on top
+            if rank < len(members) - 1:
+                above.setdefault(ti, {})[pi] = len(members) - 1 - rank
+    for ti, points in above.items():
+        t = data[ti]
+        t["marker"] = {
+            **t.get("marker", {}),
+            "size": [base_size + step * points.get(i, 0) for i in range(len(t["x"]))],
+        }
+        # a wider line only where most of it lies under another: one shared point is a marker's
+        shared = [n for n in points.values() if n]
+        if len(shared) >= max(2, len(t["x"]) / 2):
+            t["line"] = {**t.get("line", {}), "width": 2 + 1.5 * max(shared)}
+    return len(above)
 
 
 @dataclass
@@ -281,7 +373,7 @@ class FigureSpec:
             "template": "plotly_white", "height": self.height,
             "margin": {"l": 80, "r": 20, "t": 80, "b": 60},
             "legend": {"orientation": "h", "y": -0.1, "x": 0, "yanchor": "top",
-                       "font": {"size": 11}},
+                       "font": {"size": 11}, "itemsizing": "constant"},
             "hoverlabel": {"font": {"size": 11}},
             "font": {"family": "system-ui, sans-serif", "size": 12},
         })  # fmt: skip

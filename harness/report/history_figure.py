@@ -11,21 +11,35 @@ from typing import Any
 from harness.regress.history import SERIES
 
 
+def _change_points(group: Any) -> Any:
+    """The nights of one series where a judged change point opens a new level."""
+    if "change" not in group.columns:
+        return group.iloc[0:0]
+    return group[group["change"].isin(["regression", "improvement"])]
+
+
 def history_figure(frame: Any, *, title: str = "history: median time per night") -> Any:
-    """One line per series (case / impl / phase) over time; flagged nights drawn as red crosses.
+    """One line per series (case / impl / phase) over time; flagged nights drawn as red crosses,
+    change points as triangles (red up: regression, green down: improvement) labelled with the
+    ratio of the new level's median time to the old one's (×1.20), and a dotted vertical line.
 
     Nights without a time (skipped, failed) are gaps; the hover names compare's reasons for a
-    night the judge found worse.
+    night the judge found worse. Colours are the report's fixed implementation colours.
 
     `frame` is `load_history(...)`, optionally through `normalize` and `flag_history`.
     """
+    import math
+
     import plotly.graph_objects as go
+
+    from harness.report.common import impl_color
 
     fig = go.Figure()
     flagged = "regressed" in frame.columns
     for key, group in frame.groupby(SERIES, sort=True, dropna=False):
         case, impl, phase = key[3], key[4], key[5]
         name = f"{impl} {phase} {case}"
+        color = impl_color(str(impl))
         why = group["worse"] if "worse" in group.columns else [None] * len(group)
         text = [
             f"{r}<br>{c or ''}<br>{st}" + (f"<br>worse: {w}" if isinstance(w, str) else "")
@@ -40,6 +54,7 @@ def history_figure(frame: Any, *, title: str = "history: median time per night")
                 name=name,
                 mode="lines+markers",
                 legendgroup=impl,
+                line={"color": color},
                 text=text,
                 hovertemplate="%{y:.4g}<br>%{text}<extra>" + name + "</extra>",
             )
@@ -58,6 +73,36 @@ def history_figure(frame: Any, *, title: str = "history: median time per night")
                         marker={"symbol": "x", "size": 12, "color": "red"},
                     )
                 )
+        changes = _change_points(group)
+        if changes.empty:
+            continue
+        up = (changes["change"] == "regression").tolist()
+        ratios = [float(r) for r in changes["change_ratio"]]
+        labels = [f"×{r:.2f}" if math.isfinite(r) else "status" for r in ratios]
+        fig.add_trace(
+            go.Scatter(
+                x=changes["utc_time"],
+                y=changes["time_ms_median"],
+                mode="markers+text",
+                name=f"change point: {name}",
+                legendgroup=impl,
+                showlegend=False,
+                text=labels,
+                textposition=["top center" if u else "bottom center" for u in up],
+                textfont={"color": [_UP if u else _DOWN for u in up], "size": 11},
+                marker={
+                    "symbol": ["triangle-up" if u else "triangle-down" for u in up],
+                    "size": 13,
+                    "color": [_UP if u else _DOWN for u in up],
+                    "line": {"color": "white", "width": 1},
+                },
+                customdata=changes["change"].tolist(),
+                hovertemplate="change point: %{customdata} %{text}<extra>" + name + "</extra>",
+                meta={"role": "change_point"},
+            )
+        )
+        for when in changes["utc_time"]:
+            fig.add_vline(x=when, line={"color": color, "dash": "dot", "width": 1}, opacity=0.6)
     fig.update_layout(
         title=title,
         xaxis_title="run time (UTC)",
@@ -66,3 +111,6 @@ def history_figure(frame: Any, *, title: str = "history: median time per night")
         hovermode="closest",
     )
     return fig
+
+
+_UP, _DOWN = "#d62728", "#2ca02c"  # a slowdown red, a speedup green, as compare's table colours

@@ -31,6 +31,7 @@ from harness.report.common import (
     phase_options,
     point_marker,
     slice_options,
+    stagger_coinciding,
     template,
     with_lines_and_slices,
 )  # fmt: skip
@@ -109,9 +110,10 @@ def memory_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
         style = styles[name]
         ok = g["status"] == "ok"
         if ok.any():
+            marker = point_marker(g["noisy"][ok], 7, style["symbol"])
             spec.add({
                 "x": g["seq_len"][ok].tolist(), "y": floats(g[MEM][ok]), "mode": "lines+markers",
-                "name": name, "legendgroup": name, "marker": point_marker(g["noisy"][ok]),
+                "name": name, "legendgroup": name, "marker": marker,
                 "line": {"color": style["color"], "dash": style["dash"], "width": 2},
                 "text": g["text"][ok].tolist(),
                 "customdata": floats(g["peak_mem_above_inputs_bytes"][ok]),
@@ -154,6 +156,7 @@ def memory_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
             controls={"phase": phase, "slice": slice_},
             legend_key=f"fail-{status}",
         )
+    stagger_coinciding(spec.data)
     spec.control("phase", "phase", phase_options(sel))
     spec.control("slice", axes_title(slice_axes), slice_options(sel))
     spec.update_axes("x", **length_ticks(sel["seq_len"]))

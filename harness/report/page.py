@@ -147,16 +147,17 @@ table.summary th { cursor:default; } table.summary td.win b { font-weight:600; }
 table.summary .val, table.summary td.ratio { color:var(--muted); white-space:nowrap; }
 .controls label { margin-right:16px; font-size:13px; color:var(--muted); }
 .controls select { margin-left:4px; padding:2px 4px; }
-td.case { white-space:nowrap; }
+td.case { min-width:13em; max-width:22em; overflow-wrap:anywhere; }
+#rows.compact .extra { display:none; }
 #table-tools { margin:6px 0; } #table-tools input { padding:4px 8px; width:320px; }
 .tablewrap { max-height:640px; overflow:auto; border:1px solid var(--line); }
 table { border-collapse:collapse; font-size:12px; width:100%; }
 th { position:sticky; top:0; background:#f0f2f5; cursor:pointer; text-align:left;
-  padding:4px 6px; white-space:nowrap; user-select:none; }
+  padding:4px 6px; user-select:none; vertical-align:bottom; min-width:4.5em; }
 th.sorted-asc::after { content:" ▲"; } th.sorted-desc::after { content:" ▼"; }
 td { padding:3px 6px; border-top:1px solid var(--line); vertical-align:top; }
 td.num { text-align:right; font-variant-numeric:tabular-nums; }
-td.reason { min-width:260px; max-width:480px; overflow-wrap:anywhere; color:var(--muted); }
+td.reason { min-width:180px; max-width:360px; overflow-wrap:anywhere; color:var(--muted); }
 tr.s-oom td.status, tr.s-error td.status { color:#b3261e; font-weight:600; }
 tr.s-timeout td.status { color:#b26a00; font-weight:600; }
 """
@@ -177,9 +178,16 @@ _JS = r"""
   let order = table.rows.map((_, i) => i);
   const PAGE = 200;  // a few hundred DOM rows keep the page fast; "show all" renders the rest
   let limit = PAGE;
+  // headers with units (`labels`), the field name as tooltip; `extra` columns hide until asked
+  const extra = table.extra || [];
+  const scale = table.scale || [];
+  const show = (v, c) => typeof v === 'number' && scale[c] ? String(+(v * scale[c]).toPrecision(4))
+    : fmt(v);
   table.columns.forEach((name, c) => {
     const th = document.createElement('th');
-    th.textContent = name;
+    th.textContent = (table.labels || table.columns)[c];
+    th.title = name;
+    if (extra[c]) th.classList.add('extra');
     th.dataset.col = String(c);
     th.addEventListener('click', () => sortBy(c, th));
     headRow.appendChild(th);
@@ -196,9 +204,9 @@ _JS = r"""
       if (statusCol >= 0) tr.className = 's-' + fmt(row[statusCol]);
       row.forEach((v, c) => {
         const td = document.createElement('td');
-        td.textContent = fmt(v);
+        td.textContent = show(v, c);
         const name = table.columns[c];
-        td.className = table.numeric[c] ? 'num' : name;
+        td.className = (table.numeric[c] ? 'num' : name) + (extra[c] ? ' extra' : '');
         tr.appendChild(td);
       });
       frag.appendChild(tr);
@@ -228,6 +236,14 @@ _JS = r"""
     draw();
   }
   document.getElementById('row-filter').addEventListener('input', draw);
+  const more = document.getElementById('more-columns');
+  const hidden = table.columns.filter((_, c) => extra[c]);
+  more.hidden = hidden.length === 0;
+  more.title = hidden.join(', ');
+  more.addEventListener('click', () => {
+    const compact = document.getElementById('rows').classList.toggle('compact');
+    more.textContent = compact ? 'more columns' : 'fewer columns';
+  });
   document.getElementById('show-all').addEventListener('click', () => {
     limit = Infinity;
     draw();
@@ -297,10 +313,13 @@ _TEMPLATE = """<!DOCTYPE html>
 {header}
 {body}
 <section id="sec-table" class="card"><h2>All rows</h2>
-<p class="note">Every row with its status and reason; click a column to sort, type to filter.</p>
+<p class="note">Every row with its status and reason; click a column to sort, type to filter;
+"more columns" adds dtype, masking, block and world size, tokens/s.</p>
 <div id="table-tools"><input id="row-filter" type="search" placeholder="filter rows">
-<span id="row-count"></span> <button id="show-all" type="button" hidden>show all</button></div>
-<div class="tablewrap"><table id="rows"><thead><tr></tr></thead><tbody></tbody></table></div>
+<span id="row-count"></span> <button id="show-all" type="button" hidden>show all</button>
+<button id="more-columns" type="button" hidden>more columns</button></div>
+<div class="tablewrap"><table id="rows" class="compact"><thead><tr></tr></thead><tbody></tbody>
+</table></div>
 </section>
 </main>
 <script type="application/json" id="figures-data">{figures}</script>

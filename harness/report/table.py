@@ -21,6 +21,16 @@ TABLE_COLUMNS = (
 )  # fmt: skip
 NUMERIC = {"seq_len", "block_size", "world_size", "time_ms_median", "tflops", "tokens_per_s",
            "peak_mem_bytes", "err_rel_l2"}  # fmt: skip
+# Header text with units (the field name stays the key and the header's tooltip); seq_len keeps
+# its field-standard name.
+LABELS = {"run_id": "run", "block_size": "block size", "world_size": "world size",
+          "time_ms_median": "median time (ms)", "tflops": "TFLOP/s", "tokens_per_s": "tokens/s",
+          "peak_mem_bytes": "peak memory (MiB)", "err_rel_l2": "rel. L2 error"}  # fmt: skip
+# Shown only after "more columns": the case name already says dtype and masking; block size,
+# world size and tokens/s matter to few readers. Fewer columns fit 1280 px without scrolling.
+EXTRA = {"dtype", "causal", "block_size", "world_size", "tokens_per_s"}
+# Cells shown scaled (the data, sorting and filtering keep the raw value): bytes as MiB.
+SCALE = {"peak_mem_bytes": 1 / 2**20}
 
 
 def non_finite(value: float) -> str:
@@ -43,7 +53,10 @@ def _cell(value: Any) -> Any:
 
 
 def table_payload(rows: pd.DataFrame) -> dict[str, Any]:
-    """{"columns": [...], "numeric": [...], "rows": [[...], ...]} in run, case order.
+    """{"columns", "numeric", "rows", "labels", "extra", "scale"}: rows in run, case order.
+
+    Per column: `labels` is its header (units included), `extra` hides it until the reader asks
+    for more columns, `scale` (or None) multiplies a number for display only (bytes -> MiB).
 
     A NaN is `nan` where the row held it (`NAN_FIELDS`) and blank where the row lacks the field.
     """
@@ -57,4 +70,7 @@ def table_payload(rows: pd.DataFrame) -> dict[str, Any]:
         for i in (i for i, c in enumerate(columns) if nans and c in nans):
             cells[i] = "nan"
         records.append(cells)
-    return {"columns": columns, "numeric": [c in NUMERIC for c in columns], "rows": records}
+    return {"columns": columns, "numeric": [c in NUMERIC for c in columns], "rows": records,
+            "labels": [LABELS.get(c, c) for c in columns],
+            "extra": [c in EXTRA for c in columns],
+            "scale": [SCALE.get(c) for c in columns]}  # fmt: skip

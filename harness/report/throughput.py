@@ -31,6 +31,7 @@ from harness.report.common import (
     phase_options,
     point_marker,
     slice_options,
+    stagger_coinciding,
     template,
     with_lines_and_slices,
 )  # fmt: skip
@@ -112,15 +113,17 @@ def throughput_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
                     "fillcolor": style["color"], "opacity": 0.15, "line": {"width": 0},
                     "hoverinfo": "skip", "showlegend": False, "legendgroup": name, "mode": "lines",
                 }, 1, c, role="band", controls=controls)  # fmt: skip
+            marker = point_marker(g["noisy"][has], 7, style["symbol"])
             spec.add({
                 "x": xs, "y": floats(g[metric][has]), "mode": "lines+markers", "name": name,
-                "legendgroup": name, "marker": point_marker(g["noisy"][has]),
+                "legendgroup": name, "marker": marker,
                 "line": {"color": style["color"], "dash": style["dash"], "width": 2},
                 "text": g["text"][has].tolist(), "customdata": floats(g["time_ms_median"][has]),
                 "hovertemplate": template(f"{name} · {phase}", [
                     (label, "%{y:.4g}"), ("time (ms)", "%{customdata:.4g}")]),
                 "meta": {"series": name},
             }, 1, c, controls=controls, legend_key=name)  # fmt: skip
+    stagger_coinciding(spec.data)
     spec.control("phase", "phase", phase_options(ok))
     y_axes = {m: _y_axes(spec, ok, m, label) for m, label in labels.items()}
     spec.layout.update(y_axes["tflops"])

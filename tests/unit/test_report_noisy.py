@@ -8,7 +8,7 @@ import pytest
 from harness.case import Case
 from harness.measure.derived import time_fields
 from harness.report import memory, throughput
-from harness.report.common import NOISY_SYMBOL
+from harness.report.common import hollow, impl_symbol
 from harness.report.data import load_report_data, normalize
 from tests.helpers.synthetic_runs import make_run, ok_row, samples
 
@@ -60,10 +60,10 @@ def test_noisy_points_are_hollow_with_the_note(rows, build):
     note = rows.loc[rows["seq_len"] == NOISY_AT, "noise_note"].iloc[0]
     for x, symbol, text in points:
         if x == NOISY_AT:
-            assert symbol == NOISY_SYMBOL
+            assert symbol == hollow(impl_symbol("bpt")) == "star-open"
             assert "noisy: " in text and note.split(" (")[0] in text
         else:
-            assert symbol == "circle", "a point of a steady row is filled"
+            assert symbol == impl_symbol("bpt"), "a point of a steady row is filled"
             assert "noisy" not in text
 
 
@@ -75,7 +75,8 @@ def test_rows_without_the_flag_are_filled(tmp_path, build):
     fig = build(rows)
     for t in fig["data"]:
         if t["meta"]["role"] == "line":
-            assert "symbol" not in t["marker"], "no per-point symbols when nothing is noisy"
+            # one symbol for the line (the implementation's), no per-point list
+            assert t["marker"]["symbol"] == impl_symbol("bpt"), "no per-point symbols"
 
 
 def test_normalize_fills_missing_flag():
