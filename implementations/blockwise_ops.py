@@ -208,12 +208,18 @@ def block_fwd(
         return torch_block_fwd(q_bhsd, k_bhsd, v_bhsd, scale=scale, causal=causal,
                                mask_tile=mask_tile)  # fmt: skip
     fold = groups if not causal else 1
-    if causal and groups > 1:  # rows of a causal tile differ per position: repeat k, v instead
-        k_bhsd, v_bhsd = (t.repeat_interleave(groups, dim=1) for t in (k_bhsd, v_bhsd))
-    q = unit_last_stride(_fold(q_bhsd, fold))
-    k, v = unit_last_stride(k_bhsd), unit_last_stride(v_bhsd)
+    grouped = causal and groups > 1 and kind == "cpu_flash"
+    if grouped:  # a group's heads as a batch of views of one k, v head: no copy
+        q, k, v = _group_batch(q_bhsd, k_bhsd, v_bhsd, groups)
+    else:
+        if causal and groups > 1:  # rows of a causal tile differ per position: repeat k, v
+            k_bhsd, v_bhsd = (t.repeat_interleave(groups, dim=1) for t in (k_bhsd, v_bhsd))
+        q = unit_last_stride(_fold(q_bhsd, fold))
+        k, v = unit_last_stride(k_bhsd), unit_last_stride(v_bhsd)
     attn_mask = None if mask_tile is None else _float_mask(mask_tile, q.dtype, fold)
     out, lse = _fused_fwd(kind, q, k, v, scale=scale, causal=causal, attn_mask=attn_mask)
+    if grouped:
+        out, lse = out.flatten(0, 1).unflatten(0, q_bhsd.shape[:2]), lse.reshape(q_bhsd.shape[:3])
     out, lse = _unfold(out, fold), _unfold(lse, fold)
     if mask_tile is not None:  # the kernel gives a fully masked row lse 0: make it -inf
         lse = lse.masked_fill(~mask_tile.any(-1), float("-inf"))
@@ -281,11 +287,17 @@ def block_bwd(
         return torch_block_bwd(dout_bhsd, q_bhsd, k_bhsd, v_bhsd, out_bhsd, lse_bhs,
                                scale=scale, causal=causal, mask_tile=mask_tile)  # fmt: skip
     fold = groups if not causal else 1
-    k, v = k_bhsd, v_bhsd
-    if causal and groups > 1:
-        k, v = (t.repeat_interleave(groups, dim=1) for t in (k, v))
-    dout, q, out = (unit_last_stride(_fold(t, fold)) for t in (dout_bhsd, q_bhsd, out_bhsd))
-    k, v = unit_last_stride(k), unit_last_stride(v)
+    grouped = causal and groups > 1 and kind == "cpu_flash"
+    if grouped:  # as in block_fwd: a group's heads batched over views of one k, v head
+        q, k, v = _group_batch(q_bhsd, k_bhsd, v_bhsd, groups)
+        dout, out = (unit_last_stride(_heads_to_batch(t, groups)) for t in (dout_bhsd, out_bhsd))
+        lse_bhs = lse_bhs.reshape(q.shape[:3])
+    else:
+        k, v = k_bhsd, v_bhsd
+        if causal and groups > 1:
+            k, v = (t.repeat_interleave(groups, dim=1) for t in (k, v))
+        dout, q, out = (unit_last_stride(_fold(t, fold)) for t in (dout_bhsd, q_bhsd, out_bhsd))
+        k, v = unit_last_stride(k), unit_last_stride(v)
     lse = lse_bhs
     attn_mask = None
     if mask_tile is not None:
@@ -294,10 +306,30 @@ def block_bwd(
     lse = _fold(lse, fold)
     dq, dk, dv = _fused_bwd(kind, dout, q, k, v, out, lse, scale=scale, causal=causal,
                             attn_mask=attn_mask)  # fmt: skip
+    if grouped:  # (b·hk, groups, s, d) back to heads; dk, dv summed over each group
+        dq = dq.flatten(0, 1).unflatten(0, q_bhsd.shape[:2])
+        dk, dv = (t.sum(1).unflatten(0, k_bhsd.shape[:2]) for t in (dk, dv))
+        return dq, dk, dv
     dq = _unfold(dq, fold)
     if causal and groups > 1:
         dk, dv = (t.unflatten(1, (t.shape[1] // groups, groups)).sum(2) for t in (dk, dv))
     return dq, dk, dv
+
+
+def _heads_to_batch(t_bhsd: torch.Tensor, groups: int) -> torch.Tensor:
+    """(b, hk·groups, s, d) → (b·hk, groups, s, d): each kv head's query heads as a batch entry."""
+    b, h = t_bhsd.shape[:2]
+    return t_bhsd.reshape(b * (h // groups), groups, *t_bhsd.shape[2:])
+
+
+def _group_batch(q_bhsd: torch.Tensor, k_bhsd: torch.Tensor, v_bhsd: torch.Tensor, groups: int):
+    """q as (b·hk, groups, sq, d) and k, v as stride-0 views (b·hk, groups, sk, d) of their own
+    heads, for a causal GQA tile: the fused CPU kernel takes the zero head stride, so k and v are
+    never repeated (repeat_interleave copied them `groups` times per tile)."""
+    q = unit_last_stride(_heads_to_batch(q_bhsd, groups))
+    k, v = (unit_last_stride(t).flatten(0, 1)[:, None].expand(-1, groups, -1, -1)
+            for t in (k_bhsd, v_bhsd))  # fmt: skip
+    return q, k, v
 
 
 # ---- merge ---------------------------------------------------------------------------------------
