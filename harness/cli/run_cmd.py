@@ -114,8 +114,26 @@ def run(
     try:  # the file, --impl and --filter first: refused in a blink, before torch is imported
         suite = read_suite(suite_path, profile=profile)
         suite.select(impl or None, filter_)
+        launch = _launch()
     except HarnessError as exc:
         fail(str(exc))
+    leader = None
+    if launch is not None and launch.rank != 0:  # under torchrun: the others follow rank 0
+        if not dry_run:
+            _follow(launch)
+        return
+    if launch is not None and not dry_run:  # rank 0 runs the sweep and writes the run
+        from harness.run.launched import Leader
+
+        leader = Leader(launch)
+        if ctx is not None:  # the followers end with rank 0, however it ends
+            ctx.call_on_close(leader.stop)
+        if resume is None:  # torchrun restarted the group: the same run goes on
+            from harness.run.launched import restarted_run
+
+            resume = restarted_run(out_root)
+            if resume is not None:
+                say(f"torchrun restarted the group: resuming {resume}")
     from harness.results import RunDir
     from harness.run.interrupt import Interrupted, stop_on_signals
     from harness.run.sweep import default_run_dir, plan, resolve_device, run_tasks
@@ -129,6 +147,8 @@ def run(
             meta = {"run_id": None, "suite_name": suite.name, "suite_path": str(suite_path),
                     "profile": profile, "argv": sys.argv,
                     "provenance": _provenance(device, suite.seed, suite.threads)}  # fmt: skip
+            if launch is not None:
+                meta["launch"] = launch.describe()
             peaks = meta["provenance"].get("device_peaks")
             tasks = [dataclasses.replace(t, device_peaks=peaks) for t in tasks]
             cases = [c.to_dict() | {"name": c.name} for c in suite.cases()]
@@ -151,6 +171,8 @@ def run(
             run_dir = RunDir.create(path, meta | {"run_id": run_id}, expanded)
         if ctx is not None:  # the lock goes when the command ends, however it ends
             ctx.call_on_close(run_dir.unlock)
+        if leader is not None:
+            _lead(leader, run_dir, tasks, out_root)
     except HarnessError as exc:
         fail(str(exc))
     say(f"run directory: {run_dir.path}")
@@ -158,11 +180,20 @@ def run(
     progress = _progress_printer(len(tasks))
     try:
         with stop_on_signals():  # SIGINT, SIGTERM, SIGHUP: every worker killed at once
-            rows = run_tasks(suite, tasks, run_dir, progress=progress)
+            if leader is None:
+                rows = run_tasks(suite, tasks, run_dir, progress=progress)
+            else:  # an internal error's traceback goes to torchrun's error file too
+                from torch.distributed.elastic.multiprocessing.errors import record
+
+                rows = record(run_tasks)(suite, tasks, run_dir, progress=progress,
+                                         make_pool=leader.pool)  # fmt: skip
     except HarnessError as exc:
         fail(str(exc), code=1)
     except Interrupted as stop:
         progress.stop()
+        if leader is not None:
+            leader.exit_code = stop.exit_code
+            leader.stop(wait=False)
         again = ["harness", "run", str(suite_path), "--resume", str(run_dir.path)]
         again += ["--profile", profile] if profile else []
         again += [arg for name in impl or [] for arg in ("--impl", name)]
@@ -181,11 +212,49 @@ def run(
         _maybe_report(run_dir.path)
     say(str(run_dir.path), to_err=False)
     failed = failed_counts(counts, fail_statuses)
+    if leader is not None:  # every launched process exits as rank 0 does (Leader.stop)
+        leader.exit_code = 1 if failed else 0
+        leader.stop()
     if failed:
         what = ", ".join(f"{n} {status}" for status, n in failed.items())
         say(f"failed rows: {what} (--fail-on {','.join(fail_statuses)}; `--fail-on none` "
             f"exits 0); see: harness show {run_dir.path}")  # fmt: skip
         raise typer.Exit(1)
+
+
+def _lead(leader: Any, run_dir: Any, tasks: list[Any], out_root: Path) -> None:
+    """Rank 0 under torchrun: where a restarted group finds this run, and the case that was in
+    flight when a launched process died (an `error` row, harness/run/launched.py)."""
+    from harness.run.launched import INFLIGHT, agent_id, lost_row, run_pointer
+
+    lost = lost_row(run_dir.path, tasks, run_dir.done_keys())
+    if lost is not None:
+        run_dir.append({**lost, "run_id": run_dir.meta().get("run_id")})
+    if run_dir.path.parent.resolve() == out_root.resolve():  # a run this command made in --out
+        run_pointer(out_root).write_text(f"{agent_id()}\n{run_dir.path}\n")
+    leader.inflight = run_dir.path / INFLIGHT
+
+
+def _launch() -> Any:
+    """This process's place under torchrun (harness/run/launched.py), or None when alone."""
+    from harness.run.launched import from_env
+
+    return from_env()
+
+
+def _follow(launch: Any) -> None:
+    """A launched rank other than 0: run its part of rank 0's sweep; rank 0 writes the run."""
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    from harness.run.launched import follow
+
+    say(f"rank {launch.rank} of {launch.world} (node {launch.node_rank}): following rank 0's "
+        "sweep; rank 0 writes the run directory")  # fmt: skip
+    ran, code = record(follow)(launch)
+    say(f"rank {launch.rank}: done; ran its rank of {ran} distributed tasks; exit {code} as rank "
+        "0 does")  # fmt: skip
+    if code:
+        raise typer.Exit(code)
 
 
 def _exit_now(code: int) -> NoReturn:

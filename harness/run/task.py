@@ -12,6 +12,17 @@ from harness.errors import Unavailable
 from harness.rows import Status
 
 
+@dataclass(frozen=True)
+class Slot:
+    """One rank of a distributed case under a launcher: its rank in the case (its global rank)
+    and the c10d TCPStore (host, port, key prefix) where the case's ranks meet."""
+
+    rank: int
+    host: str
+    port: int
+    prefix: str
+
+
 class Unsupported(Exception):
     """This case cannot run on this implementation (dtype, head_dim, divisibility, ...)."""
 
@@ -33,6 +44,9 @@ class Task:
     memory_budget_bytes: int | None = None
     # The device's roofline ceilings (harness/measure/peaks.py), from the run's provenance.
     device_peaks: dict[str, Any] | None = None
+    # Under torchrun: this process's one rank of a distributed case and where its ranks meet
+    # (harness/run/launched.py); None when the worker starts all the case's ranks itself.
+    launch: Slot | None = None
 
     @property
     def key(self) -> tuple[str, str, str]:
