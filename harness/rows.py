@@ -73,6 +73,12 @@ class Row(TypedDict, total=False):
     err_naive_same_dtype_rel_l2, err_naive_same_dtype_grad_rel_l2, ref_rows_sampled, ref_note.
     Implementation facts (from its `Impl`): memory_exponent, uses_block_size.
     Distributed extras (from the implementation's hooks): *_per_rank lists, comm fields.
+    Placement of the ranks (harness/run/ranks.py `placement_fields`): rank_hosts,
+    rank_node_ranks (torchrun's GROUP_RANK; 0 when the harness starts the ranks), rank_nodes
+    (node index 0..num_nodes-1 of each rank), num_nodes, ring_links ("intra"/"inter" for rank r →
+    r+1 mod P), bytes_sent_inter_node, bytes_sent_per_node, exposed_comm_ms_per_node,
+    peak_mem_above_inputs_bytes_per_node (sum of the node's ranks' peaks); launcher ("torchrun"
+    when the launched world ran the case).
     """
 
     schema_version: int

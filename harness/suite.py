@@ -13,6 +13,8 @@ number is bounded here, so that no value validates only to fail every row of the
   harness/run/threads.py), not torch's implicit count; each row records its `num_threads`.
 - seed: 0 .. 2**63 - 1 (torch.manual_seed's range)
 - case_timeout_s, max_time_s: above 0, at most 7 days; every float finite (no .inf, .nan)
+- timing.warmup_ms: 0 .. 7 days (in ms); timing.processes: 1 .. 64; timing.l2_flush and
+  timing.cuda_graph: true or false (no 1, "yes")
 - memory_budget_gb: 1 MiB .. 1 PiB (2**-10 .. 2**20 GiB); below 1 MiB it rounds to nothing
 - cases × implementations × phases: at most limits.max_tasks (100,000; raise it up to 10**7)
 - axis values and implementations: each listed once (a repeat would duplicate rows)
@@ -56,6 +58,7 @@ MIN_BUDGET_GB, MAX_BUDGET_GB = 2.0**-10, 2.0**20  # 1 MiB, 1 PiB
 MAX_TASKS, MAX_TASKS_CEILING = 100_000, 10_000_000
 MAX_REPEATS = 1_000_000
 MAX_PROFILES = 32
+MAX_PROCESSES = 64  # timing.processes: fresh workers per row
 
 Size = Annotated[int, Field(gt=0, le=MAX_SIZE)]
 WorldSize = Annotated[int, Field(gt=0, le=MAX_WORLD_SIZE)]
@@ -189,12 +192,37 @@ class Sweep(_Strict):
 
 
 class Timing(_Strict):
-    """Warm-up calls, then timed calls until `repeats` or the `max_time_s` budget is reached."""
+    """Warm-up calls, then timed calls until `repeats` or the `max_time_s` budget is reached.
+
+    warmup_ms: more warm-up calls until this much wall time has passed (after `warmup`), as
+    triton's do_bench. l2_flush / cuda_graph: CUDA only (harness/measure/timing.py): zero a buffer
+    larger than L2 before each sample; time replays of a CUDA graph of the call. processes: each row
+    is timed in this many fresh worker processes, one per round, rounds interleaved across rows
+    (asv's `processes`); the samples are pooled (harness/run/rounds.py).
+    """
 
     warmup: int = Field(default=1, ge=0, le=MAX_REPEATS)
     repeats: Repeats = 5
     min_repeats: Repeats = 3
     max_time_s: Seconds = 10.0
+    warmup_ms: float = Field(default=0.0, ge=0, le=MAX_SECONDS * 1e3)
+    l2_flush: bool = True
+    cuda_graph: bool = False
+    processes: int = Field(default=1, ge=1, le=MAX_PROCESSES)
+
+    @field_validator("l2_flush", "cuda_graph", mode="before")
+    @classmethod
+    def _true_or_false(cls, value: Any) -> Any:
+        if not isinstance(value, bool):  # pydantic would read "yes" or 1 as true
+            raise ValueError("must be true or false")
+        return value
+
+    @field_validator("warmup_ms", "processes", mode="before")
+    @classmethod
+    def _number_not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not a boolean")
+        return value
 
 
 class Limits(_Strict):

@@ -60,6 +60,7 @@ def _worker_env(env: dict[str, str]):
 class _Worker:
     process: Any
     conn: Any
+    ready: bool = False
 
 
 class WorkerPool:
@@ -75,7 +76,27 @@ class WorkerPool:
         self._ctx = mp.get_context("spawn")
         self._worker: _Worker | None = None
 
-    def _start(self) -> _Worker:
+    def prestart(self) -> None:
+        """Start the worker now without waiting for it to be ready (it imports torch for seconds),
+        so that the runner's two pools start their workers side by side; `run` waits."""
+        if self._worker is None:
+            self._worker = self._spawn()
+
+    def wait_ready(self) -> None:
+        """Start the worker if none is live and wait until it is ready: the runner calls this
+        before a task's clock starts, so a row's elapsed_s and its shared case timeout do not
+        include the seconds a fresh worker spends importing torch."""
+        if self._worker is not None and not self._worker.process.is_alive():
+            self._kill()  # died between tasks: reaped, and forgotten by kill_all_workers
+        if self._worker is None:
+            self._worker = self._spawn()
+        try:
+            self._await_ready(self._worker)
+        except BaseException:
+            self._worker = None  # ended by _await_ready
+            raise
+
+    def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe()
         resource_tracker.ensure_running()  # started now, it cannot unblock the mask below
         with _worker_env(MALLOC_ENV if self.tight_malloc else TIMING_MALLOC_ENV):
@@ -90,7 +111,12 @@ class WorkerPool:
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         child.close()
-        worker = _Worker(proc, parent)
+        return _Worker(proc, parent)
+
+    def _await_ready(self, worker: _Worker) -> _Worker:
+        if worker.ready:
+            return worker
+        proc, parent = worker.process, worker.conn
         try:
             if not parent.poll(_START_TIMEOUT_S):
                 raise EOFError
@@ -103,13 +129,16 @@ class WorkerPool:
                 f"the worker process failed to start (exit code {proc.exitcode}); "
                 "run a task in the foreground to see why"
             ) from None
+        worker.ready = True
         return worker
 
+    @property
+    def pid(self) -> int | None:
+        """The live worker's pid (None between a crash and the next task)."""
+        return None if self._worker is None else self._worker.process.pid
+
     def run(self, task: Task, timeout_s: float) -> dict[str, Any]:
-        if self._worker is not None and not self._worker.process.is_alive():
-            self._kill()  # died between tasks: reaped, and forgotten by kill_all_workers
-        if self._worker is None:
-            self._worker = self._start()
+        self.wait_ready()  # a worker that died between tasks is reaped and replaced there
         worker = self._worker
         worker.conn.send(task)
         try:

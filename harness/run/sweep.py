@@ -1,5 +1,6 @@
 """Runs a suite: expands it into tasks and feeds them to worker processes (run/pool.py), one at a
-time, appending each row to the run directory as it comes.
+time, appending each row to the run directory as it comes. With timing.processes > 1 every row is
+timed again in fresh workers, round after round (run/rounds.py).
 
 On CPU each task runs in two workers: a timing worker with ordinary glibc malloc, and a memory
 worker spawned with glibc settings that return freed blocks to the kernel at once, so its peak RSS
@@ -7,7 +8,8 @@ tracks live tensors. One process cannot do both: those settings make every large
 fresh page-faulted mmap, which slows implementations that allocate per block by ~25% (measured on
 bpt), and switching them at run time gave unstable peaks. The timing worker's malloc thresholds
 are fixed too (TIMING_MALLOC_ENV): glibc's default dynamic threshold depends on the allocation
-history, which made the same case's time differ by up to 1.9× between two runs.
+history, which made the same case's time differ by up to 1.9× between two runs. The two workers
+start side by side (each imports torch for seconds) and are ready before a task's clock starts.
 """
 
 from __future__ import annotations
@@ -64,9 +66,12 @@ def plan(suite: Suite, device: str, *, impls: Iterable[str] | None = None,
 ProgressFn = Callable[[int, int, Task, dict[str, Any] | None], None]
 
 
-def run_tasks(suite: Suite, tasks: list[Task], run: RunDir, *,
-              progress: ProgressFn | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def run_tasks(suite: Suite, tasks: list[Task], run: RunDir, *, progress: ProgressFn | None = None,
+              make_pool: Callable[..., Any] = WorkerPool) -> list[dict[str, Any]]:  # fmt: skip
     """Run the tasks not yet in `run` (so the same call resumes a killed run).
+
+    `make_pool` makes the two pools (WorkerPool's arguments); under torchrun it is the launched
+    world's (run/launched.py), which runs each distributed task on the launched ranks.
 
     Anything raised through here (KeyboardInterrupt, the CLI's signal handling) kills both pools'
     workers and their rank processes at once rather than waiting for the task in flight.
@@ -77,28 +82,53 @@ def run_tasks(suite: Suite, tasks: list[Task], run: RunDir, *,
     device = tasks[0].device if tasks else "cpu"
     settings = {"device": device, "threads": suite.threads,
                 "memory_budget_bytes": budget_bytes(suite)}  # fmt: skip
-    memory_pool = WorkerPool(**settings, tight_malloc=True)
-    time_pool = WorkerPool(**settings, tight_malloc=False) if device == "cpu" else None
+    memory_pool = make_pool(**settings, tight_malloc=True)
+    time_pool = make_pool(**settings, tight_malloc=False) if device == "cpu" else None
     run_id = run.meta().get("run_id")
     rows = []
     stopped = True
+    timeout = suite.limits.case_timeout_s
+
+    def measure_one(task: Task) -> dict[str, Any]:
+        one_pass = time_pool is None or task.skip_reason
+        for pool in (memory_pool,) if one_pass else (memory_pool, time_pool):
+            if hasattr(pool, "wait_ready"):  # a fresh worker's start is not the case's time
+                pool.wait_ready()
+        started = time.perf_counter()
+        # P ranks too: timed in the ordinary-malloc worker like P = 1, so scaling compares
+        # like with like (ranks are forked from the worker and inherit its malloc settings).
+        if one_pass:
+            row = memory_pool.run(task, timeout)
+        else:
+            row = _two_passes(task, time_pool, memory_pool, timeout)
+        row.setdefault("elapsed_s", time.perf_counter() - started)
+        return row
+
+    def emit(row: dict[str, Any]) -> None:
+        row["run_id"] = run_id
+        with signals_held():  # a row and its samples whole, even under a signal
+            run.append(row)
+        rows.append(row)
+
     try:
-        for i, task in enumerate(todo):
+        for pool in (memory_pool, time_pool) if todo else ():
+            # side by side: each imports torch for seconds; never while a task is timed (a fresh
+            # round's or a crashed worker's replacement starts alone, before the clock)
+            if hasattr(pool, "prestart"):
+                pool.prestart()
+        if suite.timing.processes > 1:  # each row in several fresh processes (run/rounds.py)
+            from harness.run.rounds import round_pools, run_rounds
+
+            timer = time_pool or memory_pool
+            first = lambda task: (measure_one(task), getattr(timer, "pid", None))  # noqa: E731
+            fresh, close_round = round_pools(make_pool, settings, timeout)
+            run_rounds(todo, suite.timing.processes, first=first, fresh_time_pass=fresh,
+                       close_round=close_round, emit=emit, progress=progress)  # fmt: skip
+        for i, task in enumerate(todo if suite.timing.processes == 1 else ()):
             if progress:
                 progress(i, len(todo), task, None)
-            started = time.perf_counter()
-            timeout = suite.limits.case_timeout_s
-            # P ranks too: timed in the ordinary-malloc worker like P = 1, so scaling compares
-            # like with like (ranks are forked from the worker and inherit its malloc settings).
-            if time_pool is None or task.skip_reason:
-                row = memory_pool.run(task, timeout)
-            else:
-                row = _two_passes(task, time_pool, memory_pool, timeout)
-            row.setdefault("elapsed_s", time.perf_counter() - started)
-            row["run_id"] = run_id
-            with signals_held():  # a row and its samples whole, even under a signal
-                run.append(row)
-            rows.append(row)
+            row = measure_one(task)
+            emit(row)
             if progress:
                 progress(i + 1, len(todo), task, row)
         stopped = False
