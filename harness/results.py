@@ -438,7 +438,10 @@ class RunDir:
             out += _diff(f"provenance.{key}", old_prov.get(key), new_prov.get(key))
         old_spec, new_spec = _dict(old_suite.get("suite")), _dict(new_suite.get("suite"))
         for key in RESUME_SUITE_KEYS:
-            out += _diff(f"suite.{key}", old_spec.get(key), new_spec.get(key))
+            old_value = old_spec.get(key)
+            if key == "timing" and isinstance(old_value, dict):
+                old_value = {**_timing_defaults(), **old_value}  # keys added since: defaults
+            out += _diff(f"suite.{key}", old_value, new_spec.get(key))
         old_phases = _dict(old_spec.get("sweep")).get("phase")
         out += _diff("suite.sweep.phase", old_phases, _dict(new_spec.get("sweep")).get("phase"))
         old_cases, new_cases = _cases(old_suite), _cases(new_suite)
@@ -488,6 +491,13 @@ def _diff(what: str, old: Any, new: Any) -> list[dict[str, Any]]:
         return [d for k in sorted({*old, *new}, key=str)
                 for d in _diff(f"{what}.{k}", old.get(k), new.get(k))]  # fmt: skip
     return [] if old == new else [{"what": what, "run": old, "now": new}]
+
+
+def _timing_defaults() -> dict[str, Any]:
+    """The `timing` keys' defaults, which a run made before a key existed was measured with."""
+    from harness.suite import Timing
+
+    return Timing().model_dump(mode="json")
 
 
 def describe_differences(differs: list[dict[str, Any]], shown: int = 4) -> str:
