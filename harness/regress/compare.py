@@ -536,10 +536,29 @@ def _compare_ok(res: RowResult, b: Side, c: Side, s: CompareSettings, same_devic
                 ci: bool, p_adjusted: float | None) -> None:  # fmt: skip
     res.base_time_ms, res.cand_time_ms = b.row.get(TIME), c.row.get(TIME)
     skip = _judge_finite(res, b, c, s)
+    if TIME not in skip and _contended(res, b, c):
+        skip.add(TIME)
     if TIME not in skip and f"time vs {s.normalize_to}" not in res.ungated:
         _compare_time(res, b, c, s, same_device, ci, p_adjusted)
     _judge_memory(res, b.row, c.row, s)
     _judge_error(res, b.row, c.row, s)
+
+
+def _contended(res: RowResult, b: Side, c: Side) -> bool:
+    """A side timed while other processes shared its CPU cores (`contended`,
+    harness/measure/contention.py) measured the machine, not the kernel: its time is not gated,
+    and the row says so (`ungated`) rather than calling a change either way."""
+    shared = [(name, side.row) for name, side in (("baseline", b), ("candidate", c))
+              if side.row.get("contended")]  # fmt: skip
+    if not shared:
+        return False
+    res.ungated.append(TIME)
+    for name, row in shared:
+        res.notes.append(
+            f"time: the {name} was timed on shared CPU cores "
+            f"({row.get('contention_note') or 'contended'}); not gated (contended)"
+        )
+    return True
 
 
 def _compare_time(res: RowResult, b: Side, c: Side, s: CompareSettings, same_device: bool,

@@ -128,3 +128,17 @@ def test_harness_run_prints_the_suite_warnings_first():
     res = CliRunner().invoke(app, ["run", str(ROOT / "suites/nightly.yaml"), "--dry-run"])
     assert res.exit_code == 0, res.output
     assert "warning:" not in res.stderr
+
+
+def test_a_row_timed_on_shared_cores_is_ungated_with_the_reason():
+    base = samples(10.0, 0.01)
+    slower = [x * 3 for x in base]  # 3× slower: a regression if the kernel were to blame
+    note = "other processes used 1.00 CPU cores while it was timed"
+    shared = ok_row(time_ms=slower) | {"contended": True, "contention_note": note}
+    res = judge(Side(ok_row(time_ms=base), base), Side(shared, slower), CompareSettings())
+    assert res.verdict == "ungated" and res.ungated == ["time_ms_median"] and not res.reasons
+    assert any("candidate was timed on shared CPU cores" in n and note in n for n in res.notes)
+    # memory is still judged: contention says nothing about it
+    bigger = shared | {"peak_mem_bytes": 10 * ok_row()["peak_mem_bytes"]}
+    res = judge(Side(ok_row(time_ms=base), base), Side(bigger, slower), CompareSettings())
+    assert res.verdict == "regression" and any("mem" in r for r in res.reasons)
