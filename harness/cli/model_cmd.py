@@ -61,3 +61,61 @@ def model_ring(
                            json_path=json_path, stat=stat, fit_slots=fit_slots)  # fmt: skip
     except HarnessError as exc:
         fail(str(exc))
+
+
+def _parse_devices(text: str) -> list[int]:
+    """'1,8,32' -> [1, 8, 32]; exit 2 naming the key, the value and what is allowed."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        counts = []
+    if not counts or any(not 1 <= c <= MAX_P for c in counts):
+        fail(f"--devices: {text!r} is not allowed; allowed: a comma list of integers from 1 to "
+             f"{MAX_P}, e.g. 1,8,32")  # fmt: skip
+    return counts
+
+
+@model_app.command("project")
+def model_project(
+    device: str = typer.Option("H100-80GB", "--device", help="named device profile"),
+    params: str = typer.Option("7b", "--params", help="model size: 3b, 7b, 13b"),
+    devices: str = typer.Option("1,8,32,256,4096", "--devices", help="device counts, comma list"),
+    impl: str = typer.Option("all", "--impl", help="vanilla, memeff, bpt, ring or all"),
+    seq_len: int = typer.Option(None, "--seq-len", help="price this length (default: max context)"),
+    json_path: Path = typer.Option(None, "--json", help="write the table here as JSON"),
+) -> None:
+    """Max context and training-step time per implementation on P devices (harness/model/)."""
+    _check_range("--seq-len", seq_len, 1, MAX_SEQ_LEN)
+    from harness.model.devices import DEVICES
+    from harness.model.projection import IMPLS
+
+    check_choice("--device", device, list(DEVICES))
+    check_choice("--params", params.lower(), ["3b", "7b", "13b"])
+    check_choice("--impl", impl, [*IMPLS, "all"])
+    counts = _parse_devices(devices)
+    _check_output("--json", json_path)
+    from harness.cli.model_tables import project_command
+
+    try:
+        project_command(out, device=device, model=params.lower(), devices=counts,
+                        impls=IMPLS if impl == "all" else (impl,), json_path=json_path,
+                        seq_len=seq_len)  # fmt: skip
+    except HarnessError as exc:
+        fail(str(exc))
+
+
+@model_app.command("predict")
+def model_predict(
+    run_dir: Path = typer.Argument(..., help="a run directory (results/<run>)"),
+    json_path: Path = typer.Option(None, "--json", help="write the records here as JSON"),
+) -> None:
+    """Every ok row's predicted memory (and time) beside the measured value, with the ratio."""
+    if not run_dir.is_dir():
+        fail(f"RUN_DIR: {run_dir} is not a directory; allowed: a run directory with rows.jsonl")
+    _check_output("--json", json_path)
+    from harness.cli.model_tables import predict_command
+
+    try:
+        predict_command(out, run_dir=run_dir, json_path=json_path)
+    except HarnessError as exc:
+        fail(str(exc))

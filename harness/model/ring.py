@@ -24,7 +24,9 @@ Memory per device (bytes), for S tokens on P devices (n = S/P):
     in bf16, full rematerialization)
   + Ring Attention's per-layer working set 6·b·c·h (ANCHORS: Table 1 of the paper, bf16 bytes)
   + the attention inputs and K/V buffers: q, k, v, out (and dout, dq, dk, dv for fwd_bwd) of the
-    local shard, the K/V block in flight, and for fwd_bwd the dK/dV blocks in flight.
+    local shard, and the receive buffers of implementations/ring/ring_attention.py (`_Ring2`): a
+    K/V pair at P = 2 and two alternating pairs at P >= 3 (the first step sends the caller's own
+    k, v), and for fwd_bwd as many dK/dV pairs in the accumulator dtype (`grad_bytes`).
 The longest context is then linear in P at fixed per-device memory, less the sharded states.
 """
 
@@ -273,17 +275,23 @@ def overlap_block_tokens(profile: DeviceProfile, w: Workload, phase: Phase) -> f
     return 2.0 * c if w.causal else c
 
 
+def _ring_buffers(world: int) -> int:
+    """K/V receive buffers a rank holds: none alone, one at P = 2, two alternating from P = 3."""
+    return min(world - 1, 2)
+
+
 def memory_bytes(w: Workload, world: int, seq_len: int) -> dict[str, float]:
     """Per-device memory parts (see the module docstring)."""
     n = seq_len / world
     tok = w.batch * w.num_heads * w.head_dim
     grads = w.phase == "fwd_bwd"
+    dkv = w.grad_bytes if grads else 0  # dK/dV travel in the accumulator dtype
     return {
         "states": w.num_params * w.state_bytes_per_param / world,
         "activations": w.num_layers * w.saved_per_token_hidden * w.batch * n * w.hidden
         + 6.0 * w.batch * n * w.hidden * w.dtype_bytes / 2.0,
         "attn_inputs": (8 if grads else 4) * tok * n * w.dtype_bytes,
-        "kv_in_flight": 2 * tok * n * (w.dtype_bytes + (2 * w.grad_bytes if grads else 0)),
+        "kv_in_flight": _ring_buffers(world) * 2 * tok * n * (w.dtype_bytes + dkv),
     }
 
 

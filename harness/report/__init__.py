@@ -16,6 +16,7 @@ from harness.report import (
     comparison,
     decode,
     memory,
+    models,
     patterns,
     roofline,
     scaling,
@@ -44,6 +45,7 @@ for _key, _module in (
     register_section(_key, _module.build)
 register_section("history", adopted.history_section)
 register_section("ring_model", adopted.ring_model_section, before="comparison")
+register_section("model", models.model_section, before="comparison")
 
 __all__ = ["SECTIONS", "ReportBug", "ReportData", "Section", "register_section", "render_report",
            "write_report"]  # fmt: skip

@@ -53,6 +53,8 @@ def test_page_loads_without_errors_and_draws_every_point(open_report, report):
             "fig-block_size-0",
             "fig-scaling-0",
             "fig-ring_model-0",
+            "fig-model-0",
+            "fig-model-1",
         }
     )
     for fid, traces in expected.items():
@@ -136,7 +138,8 @@ def test_static_export_through_kaleido(browser, tmp_path):
     run = write_synthetic_run(tmp_path, 300)
     write_report([run], tmp_path / "r.html", static="svg")
     files = sorted(p.name for p in (tmp_path / "r-figures").iterdir())
-    assert files == [
-        f"fig-{k}-0.svg" for k in ("accuracy", "memory", "ring_model", "scaling", "throughput")
-    ]
+    assert files == sorted(
+        [f"fig-{k}-0.svg" for k in ("accuracy", "memory", "ring_model", "scaling", "throughput")]
+        + ["fig-model-0.svg", "fig-model-1.svg"]
+    )
     assert all("<svg" in (tmp_path / "r-figures" / f).read_text()[:500] for f in files)
