@@ -11,6 +11,7 @@ nothing is written before a suite validates. Read-only commands (`--help`, `--ve
     show_table.py   show's terminal view (units that fit, reasons as numbered notes)
     regress_cmd.py  compare, history, baseline, export
     model_cmd.py    model ring (tables in ring_tables.py)
+    frontier_cmd.py frontier (max context within a memory budget: harness/frontier/)
 
 `main` is the entry point (the `harness` script, `python -m harness`): it turns what escapes a
 command into an exit status CI can tell apart (0 clean, 1 regressed or failed rows, 2 user or
@@ -24,7 +25,7 @@ import importlib
 from harness.cli.app import app
 
 # Command modules register on import; this order is the order of `harness --help`.
-for _module in ("run_cmd", "inspect_cmd", "regress_cmd", "model_cmd"):
+for _module in ("run_cmd", "inspect_cmd", "regress_cmd", "model_cmd", "frontier_cmd"):
     importlib.import_module(f"harness.cli.{_module}")
 
 

@@ -22,7 +22,7 @@ from harness.run.launched import INFLIGHT, agent_id, from_env, lost_row, merge, 
 from harness.run.ranks import FAULT_ENV, placement_fields
 from tests.conftest import tiny_suite
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 _TORCHRUN_TIMEOUT_S = 240
 TORCHRUN_ENV = {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
                 "GROUP_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}  # fmt: skip
