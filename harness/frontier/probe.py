@@ -77,7 +77,8 @@ class Prober:
         return Task(case=shape.case(workload, length), impl=impl, phase=phase,
                     device=self.device, seed=self.seed, timing=dict(_TIMING),
                     accuracy=dict(_ACCURACY), measure="memory",
-                    memory_budget_bytes=budget)  # fmt: skip
+                    memory_budget_bytes=budget,
+                    memory_budget_source="harness frontier --memory-budget")  # fmt: skip
 
     def probe(self, workload: str, impl: str, phase: str, shape: Shape, length: int, *,
               budget_bytes: int | None = None) -> Probe:  # fmt: skip

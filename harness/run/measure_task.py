@@ -368,7 +368,7 @@ def default_guard_bytes(device: str) -> int | None:
 def budget_for(task: Task) -> tuple[int | None, str]:
     """The task's memory budget in bytes and where it comes from (the suite or the guard)."""
     if task.memory_budget_bytes is not None:
-        return task.memory_budget_bytes, SUITE_BUDGET
+        return task.memory_budget_bytes, task.memory_budget_source or SUITE_BUDGET
     return default_guard_bytes(task.device), DEFAULT_GUARD
 
 

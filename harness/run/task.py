@@ -42,6 +42,8 @@ class Task:
     measure: Literal["all", "time", "memory"] = "all"
     # Peak memory the case may use (inputs included), bytes; above it the row is `oom`.
     memory_budget_bytes: int | None = None
+    # Where that budget was set, as reasons name it (None: the suite's limits.memory_budget_gb).
+    memory_budget_source: str | None = None
     # The device's roofline ceilings (harness/measure/peaks.py), from the run's provenance.
     device_peaks: dict[str, Any] | None = None
     # Under torchrun: this process's one rank of a distributed case and where its ranks meet

@@ -118,6 +118,7 @@ def test_a_probe_over_the_budget_is_an_oom_row_and_under_it_passes() -> None:
     assert under.ok and under.status == "ok" and under.peak_mem_bytes > 1 << 20
     assert not over.ok and over.status == "oom"
     assert "above the memory budget 1.0 MiB" in over.reason
+    assert "harness frontier --memory-budget" in over.reason  # named as the user set it
     assert over.peak_mem_bytes == pytest.approx(under.peak_mem_bytes, rel=0.5)
 
 
