@@ -6,8 +6,10 @@ another process's time slice (milliseconds) stalls the region. Kernels made of m
 such as the tiles of a causal schedule, slowed down 2-12× on this 2-core machine while one other
 process spun, where a few large matmuls (full masks) moved 1.5-2.5×. Within one run the slowdown
 is steady (tight p20-p80) and so looks like a real number; only the machine's own accounting
-shows it. So every timed row records how much CPU others used, and a row that shared its cores
-is flagged noisy rather than drawn as a confident line.
+shows it. So every timed row records how much CPU others used, and a row whose cores were
+oversubscribed is flagged noisy rather than drawn as a confident line: others used more than the
+CPUs the row's threads left free (usable CPUs - threads, all ranks' together) plus a quarter of a
+core. One thread on a 2-CPU machine leaves a CPU to the rest of the system; two threads do not.
 
 Source: Linux /proc/stat (proc(5): the first "cpu" line, in USER_HZ ticks; `steal` is time a
 virtual CPU waited for the hypervisor) and the process's own CPU time (`os.times`, all threads).
@@ -21,8 +23,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-# Other processes' average use, in cores, above which a CPU row is flagged: a quarter of a core
-# busy elsewhere already moved causal rows by > 10% on 2 cores (benchmarks/causal_noise.py).
+# Other processes' average use, in cores, beyond the CPUs the row's threads left free, above which
+# a CPU row is flagged: a quarter of a core taken from a thread already moved causal rows by > 10%
+# on 2 cores (benchmarks/causal_noise.py).
 OTHER_CORES_FLAG = 0.25
 STEAL_CORES_FLAG = 0.25
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
@@ -74,10 +77,15 @@ class CpuWindow:
         }
 
 
-def contention_fields(windows: list[dict[str, float] | None], device: str) -> dict[str, Any]:
+def contention_fields(windows: list[dict[str, float] | None], device: str, *, threads: int,
+                      cpus: int) -> dict[str, Any]:  # fmt: skip
     """Row fields from every rank's window (one for a single process): `other_cpu_cores` (the
     machine's busy CPU time minus the ranks' own, per second of wall time), `steal_cpu_cores`,
-    and, on CPU above the thresholds, `noisy` with a `noise_note` saying so."""
+    and, on CPU above the thresholds, `contended` with a `contention_note` saying so.
+
+    threads: the intra-op threads of all the row's ranks together; cpus: the CPUs the process
+    may use (affinity mask, cgroup quota: harness/run/threads.py `usable_cpus`).
+    """
     if not windows or any(w is None for w in windows):
         return {}
     wall = max(w["wall_s"] for w in windows)  # type: ignore[index]
@@ -92,8 +100,10 @@ def contention_fields(windows: list[dict[str, float] | None], device: str) -> di
     if device != "cpu":
         return fields
     notes = []
-    if others >= OTHER_CORES_FLAG:
-        notes.append(f"other processes used {others:.2f} CPU cores while it was timed")
+    free = max(0, cpus - threads)
+    if others >= free + OTHER_CORES_FLAG:
+        notes.append(f"other processes used {others:.2f} CPU cores while it was timed, with "
+                     f"{threads} of {cpus} CPUs busy with its threads")  # fmt: skip
     if fields["steal_cpu_cores"] >= STEAL_CORES_FLAG:
         notes.append(f"the hypervisor took {fields['steal_cpu_cores']:.2f} cores (steal)")
     if notes:

@@ -59,7 +59,7 @@ def headline(cmp: Comparison) -> str:
     counts = ", ".join(f"{n} {v}" for v, n in cmp.counts().items())
     word = "REGRESSION" if cmp.failed else "no regression"
     if ungated := len(cmp.by_verdict("ungated")):
-        word += f" ({ungated} rows not gated: too few samples, NaN or inf)"
+        word += f" ({ungated} rows not gated: too few samples, NaN or inf, or shared CPU cores)"
     return (f"{word}: {cmp.candidate.run_id} vs baseline {cmp.baseline.run_id} ({counts}; "
             f"{len(cmp.rows)} rows)")  # fmt: skip
 

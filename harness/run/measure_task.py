@@ -26,6 +26,7 @@ from harness.measure.timing import time_one_ms, time_samples_ms, timing_mode
 from harness.registry import REGISTRY, Impl
 from harness.run.inject import slowed
 from harness.run.task import Task, Unsupported, classify
+from harness.run.threads import usable_cpus
 from harness.workloads import get_workload
 from harness.workloads.base import Inputs, Reference
 
@@ -302,7 +303,9 @@ def measure(task: Task, group: Group | None = None) -> dict[str, Any]:
     if task.measure != "memory":
         worst = [max(r["samples"][i] for r in everyone) for i in range(len(mine["samples"]))]
         row.update(time_fields(case, task.phase, worst))
-        merge_noise(row, contention_fields([r.get("cpu") for r in everyone], device))
+        merge_noise(row, contention_fields([r.get("cpu") for r in everyone], device,
+                                           threads=torch.get_num_threads() * len(everyone),
+                                           cpus=usable_cpus()))  # fmt: skip
         row["num_threads"] = torch.get_num_threads()  # the samples' intra-op threads (rank 0's)
         row.update(fractions(row, task.device_peaks))
         if group is not None:

@@ -63,6 +63,13 @@ def default_threads() -> int:
     return max(1, count)
 
 
+def usable_cpus() -> int:
+    """The logical CPUs this process may run on (its affinity mask), capped by a cgroup quota."""
+    count = len(_allowed_cpus())
+    quota = _quota_cpus()
+    return max(1, min(count, quota) if quota is not None else count)
+
+
 def resolve_threads(threads: int | None) -> int:
     """The suite's `threads` when set, else `default_threads()`."""
     return threads if threads else default_threads()
