@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(if $(TORCH),$(PY) -m pip install -q $(TORCH))
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,ring-peers]'
 	$(if $(XFORMERS),$(PY) -m pip install -q --no-deps $(XFORMERS))
 	touch $@
 

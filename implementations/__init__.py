@@ -19,6 +19,9 @@ from implementations import (  # noqa: F401
     layers,
     naive,
     ring,
+    ring_peers,
     sdpa,
+    ulysses,
+    usp,
     xformers,
 )

@@ -13,7 +13,8 @@ from harness.registry import REGISTRY, Impl
 from tests.helpers.synthetic_runs import IMPL_FACTS
 
 QUADRATIC = {"naive", "sdpa_math", "vanilla_layer"}  # the S×S scores exist
-USES_BLOCK_SIZE = {"chunked", "bpt", "bpt_layer"}
+# ulysses: its local blockwise kernel; ring_attention_pytorch: its bucket_size
+USES_BLOCK_SIZE = {"chunked", "bpt", "bpt_layer", "ulysses", "ring_attention_pytorch"}
 
 
 def _builtin(impl: Impl) -> bool:
