@@ -264,6 +264,16 @@ class CompareSettings(_Strict):
     alpha: float = Field(default=0.05, gt=0, lt=1)
     min_samples: Repeats = 5
     normalize_to: str | None = None
+    # Judge each row after removing the run-wide common shift (the median over rows of the
+    # candidate/baseline time ratio): on a shared VM every row of a night moves together by a few
+    # percent, which is the machine, not a kernel (harness/regress/compare.py `common_shift`).
+    common_shift: bool = False
+
+    @model_validator(mode="after")
+    def _one_normalization(self) -> CompareSettings:
+        if self.common_shift and self.normalize_to is not None:
+            raise ValueError("common_shift and normalize_to both rescale time; choose one")
+        return self
 
 
 class Suite(_Strict):

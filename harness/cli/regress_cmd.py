@@ -23,6 +23,11 @@ def compare_cmd(
     alpha: float = typer.Option(None, "--alpha", help="significance level [0.05]"),
     min_samples: int = typer.Option(None, "--min-samples", help="raw samples needed [5]"),
     normalize_to: str = typer.Option(None, "--normalize-to", help="time relative to this impl"),
+    common_shift: bool = typer.Option(
+        None,
+        "--common-shift/--no-common-shift",
+        help="judge time after removing the run-wide shift",
+    ),
     json_path: Path = typer.Option(None, "--json", help="write a JSON summary here"),
     md_path: Path = typer.Option(None, "--markdown", help="write a Markdown summary here"),
     show_all: bool = typer.Option(False, "--all", help="list unchanged rows too"),
@@ -40,7 +45,7 @@ def compare_cmd(
         check_output_paths({"--json": json_path, "--markdown": md_path})
         result = compare_paths(baseline, candidate, time_tol=time_tol, mem_tol=mem_tol,
                                err_factor=err_factor, alpha=alpha, min_samples=min_samples,
-                               normalize_to=normalize_to)  # fmt: skip
+                               normalize_to=normalize_to, common_shift=common_shift)  # fmt: skip
     except HarnessError as exc:
         fail(str(exc))
     for warning in result.warnings:

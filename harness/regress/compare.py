@@ -21,7 +21,10 @@ the baseline means the metric cannot be gated, and the row's verdict says so (`u
 
 Optionally, times are normalized to a reference implementation measured in the same run
 (candidate_time / candidate_ref_time over baseline_time / baseline_ref_time), which cancels most of
-the difference between two noisy or heterogeneous CI machines.
+the difference between two noisy or heterogeneous CI machines; or (`common_shift`) the candidate's
+samples are divided by the run-wide shift, the median over rows of the two runs' time ratio, so
+what moved every row alike (a shared VM's speed from night to night) cancels and a row that moved
+on its own stands out; the shift is reported, and flagged when beyond time_tol.
 
 This is the project's one regression rule. `judge` gives the verdict on one row (a baseline row and
 its samples against a candidate row and its samples); `compare` applies it to every row of two runs,
@@ -34,7 +37,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -57,6 +60,7 @@ VERDICT_ORDER: tuple[str, ...] = (
 # The metrics gated on a row ok on both sides (error metrics are every `err_*_rel_l2`, see
 # `_error_metrics`); each must be finite on both sides to be compared at all.
 TIME, THROUGHPUT, MEMORY = "time_ms_median", ("tflops", "tokens_per_s"), "peak_mem_bytes"
+PER_PROCESS = "time_ms_median_per_process"  # rows timed in several processes (timing.processes)
 # The tolerance rule lives in harness/measure/tolerance.py (2x / 3x naive-same-precision, and
 # the unit-roundoff fallback when naive itself overflows); its floor is the one used here.
 ERR_FLOOR = FLOOR
@@ -329,6 +333,7 @@ class Comparison:
     rows: list[RowResult]
     warnings: list[str]  # the first is the provenance line when provenance differs
     provenance: list[ProvenanceChange] = field(default_factory=list)
+    common_shift: float | None = None  # the run-wide time shift removed (compare.common_shift)
 
     def by_verdict(self, verdict: str) -> list[RowResult]:
         return [r for r in self.rows if r.verdict == verdict]
@@ -355,6 +360,7 @@ class Comparison:
             "ungated": len(self.by_verdict("ungated")),
             "counts": self.counts(),
             "provenance_diff": [c.to_dict() for c in self.provenance],
+            "common_shift": self.common_shift,
             "warnings": self.warnings,
             "rows": [r.to_dict() for r in self.rows],
         }  # fmt: skip
@@ -398,10 +404,37 @@ def _check_comparable(base: Run, cand: Run) -> list[str]:
     return notes
 
 
+def _processes_overlap(b: dict[str, Any], c: dict[str, Any], slower: bool) -> str | None:
+    """Why the change is not beyond between-process variation, or None.
+
+    With rows timed in several processes on both sides (`timing.processes`), a change must move
+    every candidate process past every baseline process: the samples of one process share its
+    state (allocator, page placement, thread placement), so a rank test over pooled samples
+    mistakes one odd process for evidence. asv judges from per-process results for this reason.
+    """
+    pb, pc = b.get(PER_PROCESS), c.get(PER_PROCESS)
+    if not (pb and pc and len(pb) > 1 and len(pc) > 1):
+        return None
+    apart = min(pc) > max(pb) if slower else max(pc) < min(pb)
+    if apart:
+        return None
+    return (
+        f"per-process medians overlap (baseline {_ms_list(pb)}, candidate {_ms_list(pc)} "
+        "ms): within between-process variation"
+    )
+
+
+def _ms_list(values: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:.3g}" for v in values) + "]"
+
+
 def _judge_time(res: RowResult, stats_: TimeStats, s: CompareSettings, what: str,
-                p_adjusted: float | None) -> None:  # fmt: skip
-    """Time verdict: effect beyond time_tol, p (BH-adjusted when given) below alpha, and a CI
-    (when computed) that excludes 1.0; too few samples make the row `ungated`."""
+                p_adjusted: float | None, rows: tuple[dict[str, Any], dict[str, Any]] | None = None,
+                ) -> None:  # fmt: skip
+    """Time verdict: effect beyond time_tol, p (BH-adjusted when given) below alpha, a CI (when
+    computed) that excludes 1.0, and, for rows timed in several processes on both sides (`rows`:
+    baseline and candidate row), every candidate process beyond every baseline process; too few
+    samples make the row `ungated`."""
     if min(stats_.num_base, stats_.num_cand) < s.min_samples:
         res.ungated.append(what)
         res.notes.append(f"{what}: {stats_.num_base}/{stats_.num_cand} samples, fewer than "
@@ -428,6 +461,9 @@ def _judge_time(res: RowResult, stats_: TimeStats, s: CompareSettings, what: str
     elif ci_has_one:
         res.notes.append(f"{what} {pct:+.1f}% ({p_txt}) but its CI [{stats_.ci_low:.3g}, "
                          f"{stats_.ci_high:.3g}] contains 1.0; not a "
+                         f"{'regression' if slower else 'change'}")  # fmt: skip
+    elif rows is not None and (overlap := _processes_overlap(*rows, slower)):
+        res.notes.append(f"{what} {pct:+.1f}% ({p_txt}{ci_txt}) but its {overlap}; not a "
                          f"{'regression' if slower else 'change'}")  # fmt: skip
     elif slower:
         res.reasons.append(f"{what} {pct:+.1f}% ({p_txt}{ci_txt})")
@@ -578,7 +614,7 @@ def _compare_time(res: RowResult, b: Side, c: Side, s: CompareSettings, same_dev
             res.notes.append(f"no ok {ref} row with samples in this case; time not gated")
     elif res.time is not None:
         if ref is None or same_device:
-            _judge_time(res, res.time, s, "time", p_adjusted)
+            _judge_time(res, res.time, s, "time", p_adjusted, rows=(b.row, c.row))
         else:
             res.notes.append("reference implementation across devices: raw time not gated")
 
@@ -642,12 +678,60 @@ def judge(
 
 def _compare_key(
     base: Run, cand: Run, key: Key, s: CompareSettings, same_device: bool, *, ci: bool = True,
-    p_adjusted: float | None = None,
+    p_adjusted: float | None = None, shift: float | None = None,
 ) -> RowResult:  # fmt: skip
     ref = s.normalize_to
-    return judge(base.side(key, ref), cand.side(key, ref), s, same_device=same_device,
+    cand_side = cand.side(key, ref)
+    if shift is not None and cand_side is not None and cand_side.samples:
+        row = dict(cand_side.row)
+        if row.get(PER_PROCESS):
+            row[PER_PROCESS] = [x / shift for x in row[PER_PROCESS]]
+        cand_side = replace(cand_side, row=row, samples=[x / shift for x in cand_side.samples])
+    return judge(base.side(key, ref), cand_side, s, same_device=same_device,
                  expected=key in cand.rows or cand.expects(key), ci=ci,
                  p_adjusted=p_adjusted)  # fmt: skip
+
+
+MIN_SHIFT_ROWS = 8  # fewer rows ok on both sides give no trustworthy common shift
+
+
+def common_shift(base: Run, cand: Run) -> tuple[float, int] | None:
+    """The run-wide shift of time: the median over rows of median(candidate samples) /
+    median(baseline samples), over rows ok and uncontended on both sides; and how many rows.
+
+    None under MIN_SHIFT_ROWS rows. The median ignores the few rows a change really moved, so
+    dividing the candidate's samples by it leaves those rows standing out and cancels what moved
+    every row alike: on a shared CPU VM, the machine's speed from one night to the next (the
+    same-commit pairs of benchmarks/false_alarms.py moved by up to ~6% together).
+    """
+    ratios = []
+    for key, b in base.rows.items():
+        c, bs, cs = cand.rows.get(key), base.samples.get(key), cand.samples.get(key)
+        if not (c and bs and cs) or not b.get("status") == c.get("status") == "ok":
+            continue
+        if b.get("contended") or c.get("contended"):
+            continue
+        mb, mc = float(np.median(bs)), float(np.median(cs))
+        if finite(mb) and finite(mc) and mb > 0 and mc > 0:
+            ratios.append(mc / mb)
+    if len(ratios) < MIN_SHIFT_ROWS:
+        return None
+    return float(np.median(ratios)), len(ratios)
+
+
+def _shift_note(found: tuple[float, int] | None, s: CompareSettings) -> str:
+    if found is None:
+        return (f"common_shift: fewer than {MIN_SHIFT_ROWS} rows ok on both sides; time judged "
+                "without removing a run-wide shift")  # fmt: skip
+    shift, n = found
+    note = (f"common_shift: the candidate's times are {shift:.3f}× the baseline's (median over "
+            f"{n} rows); each row's time is judged relative to that")  # fmt: skip
+    if abs(shift - 1) > s.time_tol:
+        note += (
+            f"; the shift itself is beyond time_tol {s.time_tol:g}: the machine, or a change "
+            "to every implementation (`harness history` shows whether it persists)"
+        )
+    return note
 
 
 def bh_adjust(pvalues: Sequence[float]) -> list[float]:
@@ -676,16 +760,21 @@ def compare(baseline: Run, candidate: Run, settings: CompareSettings) -> Compari
         raise CompareError(f"--normalize-to: {ref!r} has no rows in these runs; "
                            f"allowed: {', '.join(impls)}")  # fmt: skip
     same_device = baseline.device_name == candidate.device_name
+    shift = None
+    if settings.common_shift:
+        found = common_shift(baseline, candidate)
+        shift = None if found is None else found[0]
+        notes.append(_shift_note(found, settings))
     keys = sorted(baseline.rows.keys() | candidate.rows.keys())
     # first the p-values alone (no bootstrap), then every row judged on its BH-adjusted p
-    raw = [_compare_key(baseline, candidate, k, settings, same_device, ci=False).p_value
-           for k in keys]  # fmt: skip
+    raw = [_compare_key(baseline, candidate, k, settings, same_device, ci=False,
+                        shift=shift).p_value for k in keys]  # fmt: skip
     tested = [(i, p) for i, p in enumerate(raw) if p is not None]
     adjusted = dict(zip([i for i, _ in tested], bh_adjust([p for _, p in tested]), strict=True))
-    rows = [_compare_key(baseline, candidate, k, settings, same_device, p_adjusted=adjusted.get(i))
-            for i, k in enumerate(keys)]  # fmt: skip
+    rows = [_compare_key(baseline, candidate, k, settings, same_device, shift=shift,
+                         p_adjusted=adjusted.get(i)) for i, k in enumerate(keys)]  # fmt: skip
     rows.sort(key=_sort_key)
-    return Comparison(baseline, candidate, settings, rows, notes, changes)
+    return Comparison(baseline, candidate, settings, rows, notes, changes, shift)
 
 
 def compare_paths(baseline: str | Path, candidate: str | Path, **overrides: Any) -> Comparison:

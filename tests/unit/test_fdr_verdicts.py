@@ -142,3 +142,52 @@ def test_a_row_timed_on_shared_cores_is_ungated_with_the_reason():
     bigger = shared | {"peak_mem_bytes": 10 * ok_row()["peak_mem_bytes"]}
     res = judge(Side(ok_row(time_ms=base), base), Side(bigger, slower), CompareSettings())
     assert res.verdict == "regression" and any("mem" in r for r in res.reasons)
+
+
+def _machine_drift_runs(drift: float, slowed: float = 1.0, n_rows: int = 30, seed: int = 11):
+    """Candidate rows = baseline rows × drift (the whole machine) × per-row noise; row 0 also
+    × `slowed` (one implementation's real change)."""
+    rng = np.random.default_rng(seed)
+    base, cand = [], []
+    for i in range(n_rows):
+        b = list(10.0 * np.exp(rng.normal(0, 0.02, 20)))
+        c = list(10.0 * drift * (slowed if i == 0 else 1.0) * np.exp(rng.normal(0, 0.02, 20)))
+        base.append(ok_row(case=f"{CASE}-{i:02d}", time_ms=b))
+        cand.append(ok_row(case=f"{CASE}-{i:02d}", time_ms=c))
+    return base, cand
+
+
+def test_common_shift_cancels_a_machine_wide_drift_and_keeps_one_rows_change(tmp_path):
+    base, cand = _machine_drift_runs(drift=0.93, slowed=1.12)
+    raw = _compare(tmp_path / "raw", base, cand, time_tol=0.05)
+    assert len(raw.by_verdict("improvement")) >= 25  # every row "improved": the machine did
+    shifted = _compare(tmp_path / "shifted", base, cand, time_tol=0.05, common_shift=True)
+    assert shifted.common_shift == pytest.approx(0.93, rel=0.02)
+    flagged = [r.case for r in shifted.rows if r.verdict in ("regression", "improvement")]
+    assert flagged == [f"{CASE}-00"] and shifted.by_verdict("regression")[0].case == flagged[0]
+    assert any("common_shift: the candidate's times are 0.9" in w and "beyond time_tol" in w
+               for w in shifted.warnings)  # fmt: skip
+
+
+def test_common_shift_needs_enough_rows_and_excludes_normalize_to(tmp_path):
+    base, cand = _machine_drift_runs(drift=1.0, n_rows=5)
+    res = _compare(tmp_path, base, cand, common_shift=True)
+    assert res.common_shift is None and any("fewer than 8 rows" in w for w in res.warnings)
+    with pytest.raises(ValueError, match="common_shift and normalize_to"):
+        CompareSettings(common_shift=True, normalize_to="naive")
+
+
+def test_a_change_within_between_process_variation_is_not_a_regression():
+    """Three processes a side: a +14% pooled shift (significant, CI excluding 1.0) with one
+    candidate process among the baseline's is not a regression; every process shifted is."""
+
+    def side(per_process: list[float], seed: int) -> Side:
+        parts = [x for i, m in enumerate(per_process) for x in samples(m, 0.01, seed=seed + i)]
+        return Side(ok_row(time_ms=parts) | {"time_ms_median_per_process": per_process}, parts)
+
+    base = side([10.0, 10.2, 10.4], seed=0)
+    res = judge(base, side([10.3, 11.6, 11.8], seed=9), CompareSettings(time_tol=0.05))
+    assert res.verdict == "unchanged" and not res.reasons and res.time.ci_low > 1.0
+    assert any("per-process medians overlap" in n for n in res.notes)
+    res = judge(base, side([11.5, 11.6, 11.8], seed=9), CompareSettings(time_tol=0.05))
+    assert res.verdict == "regression"
