@@ -56,11 +56,13 @@ def main() -> None:
     print(f"{'impl':10} {'mask':7} {'thr':>3} {'quiet':>24} {'loaded':>24} {'loaded/quiet':>12}")
     for name in args.impls.split(","):
         impl = REGISTRY.get(name)
+        # the implementation's own tensor layout (bshd or bhsd), as the harness binds it
+        qkv = [t.transpose(1, 2) if impl.layout == "bhsd" else t for t in (q, k, v)]
         for causal in (False, True):
 
-            def call(impl=impl, causal=causal):
+            def call(impl=impl, causal=causal, qkv=qkv):
                 with torch.no_grad():
-                    impl.forward(q, k, v, causal=causal, block_size=256)
+                    impl.forward(*qkv, causal=causal, block_size=256)
 
             for threads in (1, 2):
                 torch.set_num_threads(threads)

@@ -2,11 +2,11 @@
 
 Why it matters (issue 14, benchmarks/causal_noise.py): on a CPU with as many intra-op threads as
 cores, a parallel region ends only when its slowest thread does, and a thread descheduled for
-another process's time slice (milliseconds) stalls the region. Kernels made of many short regions,
-such as the tiles of a causal schedule, slowed down 2-12× on this 2-core machine while one other
-process spun, where a few large matmuls (full masks) moved 1.5-2.5×. Within one run the slowdown
-is steady (tight p20-p80) and so looks like a real number; only the machine's own accounting
-shows it. So every timed row records how much CPU others used, and a row whose cores were
+another process's time slice (milliseconds) stalls the region. With one other process spinning on
+this 2-core machine, blockwise kernels made of many short regions (bpt, chunked; S=2048) ran 2-7×
+slower on 2 threads and one large SDPA op 1.8-2×, while 1 thread moved 0.99-1.10×. The slowdown is
+steady when the other process is (the issue's causal rows were 7× apart between runs, each with
+tight p20-p80 bands), and then looks like a real number; only the machine's accounting shows it. So every timed row records how much CPU others used, and a row whose cores were
 oversubscribed is flagged noisy rather than drawn as a confident line: others used more than the
 CPUs the row's threads left free (usable CPUs - threads, all ranks' together) plus a quarter of a
 core. One thread on a 2-CPU machine leaves a CPU to the rest of the system; two threads do not.
