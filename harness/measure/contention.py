@@ -6,10 +6,11 @@ another process's time slice (milliseconds) stalls the region. With one other pr
 this 2-core machine, blockwise kernels made of many short regions (bpt, chunked; S=2048) ran 2-7×
 slower on 2 threads and one large SDPA op 1.8-2×, while 1 thread moved 0.99-1.10×. The slowdown is
 steady when the other process is (the issue's causal rows were 7× apart between runs, each with
-tight p20-p80 bands), and then looks like a real number; only the machine's accounting shows it. So every timed row records how much CPU others used, and a row whose cores were
-oversubscribed is flagged noisy rather than drawn as a confident line: others used more than the
-CPUs the row's threads left free (usable CPUs - threads, all ranks' together) plus a quarter of a
-core. One thread on a 2-CPU machine leaves a CPU to the rest of the system; two threads do not.
+tight p20-p80 bands), and then looks like a real number; only the machine's accounting shows it. So
+every timed row records how much CPU others used, and a row whose cores were oversubscribed is
+flagged noisy rather than drawn as a confident line: others used more than the CPUs the row's
+threads left free (usable CPUs - threads, all ranks' together) plus a quarter of a core. One thread
+on a 2-CPU machine leaves a CPU to the rest of the system; two threads do not.
 
 Source: Linux /proc/stat (proc(5): the first "cpu" line, in USER_HZ ticks; `steal` is time a
 virtual CPU waited for the hypervisor) and the process's own CPU time (`os.times`, all threads).
