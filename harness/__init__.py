@@ -2,8 +2,14 @@
 
 Public API (layout (batch, seq, heads, head_dim) throughout):
     harness.attention(name, q, k, v, *, causal=False, block_size=None) -> Tensor
-    harness.ring_attention(q, k, v, *, causal=False, seq_layout="zigzag", group=None) -> Tensor
-    harness.shard_sequence(x, *, seq_layout, rank, world_size, dim=1) / harness.gather_sequence(...)
+    harness.ring_attention(q, k, v, *, causal=False, seq_layout="zigzag", group=None,
+                           seq_len=None, softmax_scale=None) -> Tensor
+    harness.ulysses_attention(q, k, v, *, causal=False, seq_layout="contiguous", mask=None,
+                              softmax_scale=None, block_size=None, group=None, seq_len=None)
+    harness.usp_attention(q, k, v, *, causal=False, seq_layout="contiguous", softmax_scale=None,
+                          ulysses_degree=None, seq_len=None)
+    harness.shard_sequence(x, *, seq_layout, rank, world_size, dim=1) (pads an uneven tail) /
+    harness.gather_sequence(parts, *, seq_layout, dim=1, seq_len=None) (drops it)
     harness.Unavailable, harness.REGISTRY, harness.Impl, harness.Availability
 
 Importing `harness` imports neither torch nor any implementation: the read-only commands (`show`,

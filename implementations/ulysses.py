@@ -142,7 +142,7 @@ def split_reason(num_heads: int, num_kv_heads: int, world_size: int) -> str | No
 def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                       seq_layout: str = "contiguous", mask: MaskSpec | None = None,
                       softmax_scale: float | None = None, block_size: int | None = None,
-                      group: Any = None) -> torch.Tensor:  # fmt: skip
+                      group: Any = None, seq_len: int | None = None) -> torch.Tensor:  # fmt: skip
     """Attention of this rank's sequence shard over the whole sequence, by head all-to-all.
 
     q: (batch, S/P, num_heads, head_dim); k: (batch, S/P, num_kv_heads, head_dim); v: (batch, S/P,
@@ -151,8 +151,11 @@ def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, caus
     head_dim_v) in the same layout. `causal` is bottom-right aligned (the same as top-left here:
     seqlen_q = seqlen_k); `mask` any `harness.masks.MaskSpec` over the global positions;
     `block_size` is the local blockwise kernel's. Without a process group (or a group of one) it is
-    the blockwise kernel on one device. ValueError: unknown seq_layout, bad shapes, or heads that
-    do not divide by P (`split_reason`).
+    the blockwise kernel on one device. `seq_len`: the true global length S when `shard_sequence`
+    padded the sequence (S not a multiple of what the layout splits): the padding is dropped before
+    attention, so it is never attended, and padded rows come back as zeros (as `ring_attention`
+    does); without it every position is real. ValueError: unknown seq_layout, bad shapes, heads that
+    do not divide by P (`split_reason`), or a seq_len outside 1..padded length.
     """
     if seq_layout not in LAYOUTS:
         raise ValueError(f"unknown seq_layout {seq_layout!r}; allowed: {', '.join(LAYOUTS)}")
@@ -167,12 +170,19 @@ def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, caus
     reason = split_reason(q.shape[2], k.shape[2], world)
     if reason:
         raise ValueError(reason)
+    padded = q.shape[1] * world
+    if seq_len is not None and not 1 <= seq_len <= padded:
+        raise ValueError(f"seq_len {seq_len} is outside 1..{padded} (the shards' total length)")
     if world > 1:
         q, k, v = (seq_to_heads(t, seq_layout=seq_layout, group=group) for t in (q, k, v))
+    real = padded if seq_len is None else seq_len  # global order now: the padding is the tail
+    q, k, v = (t[:, :real] for t in (q, k, v))
     out_bhsd = bpt_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                              causal=causal, block_size=block_size, mask=mask,
                              softmax_scale=softmax_scale)  # fmt: skip
     out = out_bhsd.transpose(1, 2)
+    if real < padded:  # padded rows: zeros, as ring_attention gives them
+        out = torch.nn.functional.pad(out, (0, 0, 0, 0, 0, padded - real))
     if world > 1:
         out = heads_to_seq(out, seq_layout=seq_layout, group=group)
     return out

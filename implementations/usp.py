@@ -63,15 +63,23 @@ def usp_groups(ulysses_degree: int) -> tuple[Any, Any]:
 
 def usp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                   seq_layout: str = "contiguous", softmax_scale: float | None = None,
-                  ulysses_degree: int | None = None) -> torch.Tensor:  # fmt: skip
+                  ulysses_degree: int | None = None, seq_len: int | None = None,
+                  ) -> torch.Tensor:  # fmt: skip
     """Attention of this rank's shard by Ulysses inside groups of `ulysses_degree` ranks and the
     ring across them (default degree: `usp_degrees`). Shapes as `ulysses_attention`; the default
-    process group (none: one device). ValueError for a causal striped/zigzag layout or a degree
-    that does not divide P and the heads."""
+    process group (none: one device). The shards must not be padded: pass `seq_len` (the global
+    length) and a length that `shard_sequence` had to pad is refused. ValueError for a padded
+    length, a causal striped/zigzag layout or a degree that does not divide P and the heads."""
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if seq_len is not None and seq_len != q.shape[1] * world:
+        raise ValueError(
+            f"usp_attention takes unpadded shards: seq_len {seq_len} != {world} "
+            f"ranks × {q.shape[1]} local positions; use ring_attention or "
+            "ulysses_attention with seq_len for lengths that need padding"
+        )
     if causal and seq_layout != "contiguous":
         raise ValueError(f"usp takes seq_layout 'contiguous' for causal attention; got "
                          f"{seq_layout!r}")  # fmt: skip
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     u = usp_degrees(world, q.shape[2], k.shape[2])[0] if ulysses_degree is None else ulysses_degree
     if world % u or q.shape[2] % u or k.shape[2] % u:
         raise ValueError(f"ulysses_degree {u} must divide world_size {world}, num_heads "

@@ -181,7 +181,7 @@ def test_list_formats(monkeypatch):
     assert set(records["naive"]) == {"name", "label", "workload", "layout", "distributed",
                                      "takes", "status", "reason"}  # fmt: skip
     assert records["naive"]["takes"] == "GQA Dv≠D Sq≠Sk scale; all masks"
-    assert records["ring"]["takes"] == "equal shapes; masks: none, causal"
+    assert records["ring"]["takes"] == "GQA Dv≠D scale; masks: none, causal"
     res = runner.invoke(app, ["list", "--format", "csv"])
     assert res.exit_code == 0, res.output
     by_name = {r["name"]: r for r in csv.DictReader(io.StringIO(res.stdout))}

@@ -75,6 +75,34 @@ def _errors_on_rank(rank: int, world: int) -> dict[str, float]:
         result[f"{key}-out"] = (gathered(out.detach()) - ref_out).abs().max().item()
         for name, leaf, ref in zip("qkv", leaves, ref_grads, strict=True):
             result[f"{key}-d{name}"] = (gathered(leaf.grad) - ref).abs().max().item()
+    result.update(_padded_errors(rank, world, q, k, v, dout))
+    return result
+
+
+def _padded_errors(rank: int, world: int, q, k, v, dout) -> dict[str, float]:
+    """A length the layouts cannot split: `shard_sequence` pads, `seq_len` drops the padding."""
+    n = SEQ - 3
+    q, k, v, dout = (t[:, :n] for t in (q, k, v, dout))
+    result = {}
+    for causal in (False, True):
+        for seq_layout in LAYOUTS:
+            ref_out, ref_grads = reference(q, k, v, dout, causal)
+            local = [shard_sequence(t, seq_layout=seq_layout, rank=rank, world_size=world)
+                     for t in (q, k, v, dout)]  # fmt: skip
+            leaves = [t.clone().requires_grad_(True) for t in local[:3]]
+            out = ulysses_attention(*leaves, causal=causal, seq_layout=seq_layout, block_size=16,
+                                    seq_len=n)  # fmt: skip
+            out.backward(local[3])
+
+            def gathered(t: torch.Tensor, seq_layout: str = seq_layout) -> torch.Tensor:
+                parts = [torch.empty_like(t) for _ in range(world)]
+                dist.all_gather(parts, t.contiguous())
+                return gather_sequence(parts, seq_layout=seq_layout, dim=1, seq_len=n).double()
+
+            key = f"pad{n}-{seq_layout}-{'causal' if causal else 'full'}"
+            result[f"{key}-out"] = (gathered(out.detach()) - ref_out).abs().max().item()
+            for name, leaf, ref in zip("qkv", leaves, ref_grads, strict=True):
+                result[f"{key}-d{name}"] = (gathered(leaf.grad) - ref).abs().max().item()
     return result
 
 
@@ -105,7 +133,7 @@ def test_ulysses_matches_float64_on_gloo(world, tmp_path):
     mp.start_processes(_run_rank, args=(world, _free_port(), str(out_path)), nprocs=world,
                        start_method="fork")  # fmt: skip
     errors = json.loads(out_path.read_text())
-    assert len(errors) == (2 * len(LAYOUTS) + 1) * 4
+    assert len(errors) == (2 * len(LAYOUTS) + 1) * 4 + 2 * len(LAYOUTS) * 4  # + padded lengths
     for key, err in errors.items():
         assert err < TOL, (world, key, err)
 
