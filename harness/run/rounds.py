@@ -57,6 +57,17 @@ def merge_rounds(
     else:
         row.pop("noise_note", None)
     row["time_ms_median_per_process"] = [statistics.median(s) for s in per_process]
+    # contended if any process was (its samples are in the pool); CPU others took: the most any did
+    shared = [f"process {k}: {r['contention_note']}" for k, r in enumerate(rounds, start=1)
+              if r.get("contended")]  # fmt: skip
+    row.pop("contended", None)
+    row.pop("contention_note", None)
+    if shared:
+        row.update(contended=True, contention_note="; ".join(shared), noisy=True)
+    for key in ("other_cpu_cores", "steal_cpu_cores"):
+        seen = [r[key] for r in rounds if r.get(key) is not None]
+        if seen:
+            row[key] = max(seen)
     return row
 
 

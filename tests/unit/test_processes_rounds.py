@@ -87,3 +87,15 @@ def test_processes_2_gives_two_worker_pids_per_row_and_pooled_samples(tmp_path):
     # one worker per round, shared by the round's rows
     assert rows[0]["worker_pids"] == rows[1]["worker_pids"]
     assert len(run.done_keys()) == 2  # written, so a resume measures nothing again
+
+
+def test_a_row_is_contended_when_any_of_its_processes_was():
+    quiet = _ok([1.0, 1.1]) | {"other_cpu_cores": 0.1, "steal_cpu_cores": 0.0}
+    note = "other processes used 1.40 CPU cores"
+    flags = {"contended": True, "noisy": True, "contention_note": note}
+    shared = _ok([3.0, 3.1]) | {"other_cpu_cores": 1.4, "steal_cpu_cores": 0.0} | flags
+    row = merge_rounds(_task(16), [quiet, shared], [1, 2])
+    assert row["contended"] and row["noisy"] and row["other_cpu_cores"] == 1.4
+    assert row["contention_note"] == "process 2: other processes used 1.40 CPU cores"
+    calm = merge_rounds(_task(16), [quiet, quiet], [1, 2])
+    assert "contended" not in calm and calm["other_cpu_cores"] == 0.1
