@@ -189,6 +189,49 @@ def _side(nights: list[dict[str, Any]], *, last: bool, window: int) -> Side:
 
 def flag_series(nights: list[dict[str, Any]], s: CompareSettings, *, window: int, persist: int,
                 min_window: int) -> list[dict[str, Any]]:  # fmt: skip
+    """Per night of one series, as `_flag_levels` below, with nights that have no time (a failed
+    or skipped row, a NaN median) kept out of the levels: such a night is judged on its own
+    against the ok nights before it (a status change is a regression), and it is `regressed`
+    when `persist` such regressions run in a row. So a failed night inside a slowdown neither
+    opens a level of its own nor hides the slowdown from the nights after it."""
+    timed = [i for i, n in enumerate(nights)
+             if n["status"] == "ok" and is_finite_number(n.get("time_ms_median"))]  # fmt: skip
+    if len(timed) == len(nights):
+        return _flag_levels(nights, s, window=window, persist=persist, min_window=min_window)
+    out: list[dict[str, Any] | None] = [None] * len(nights)
+    core = _flag_levels([nights[i] for i in timed], s, window=window, persist=persist,
+                        min_window=min_window) if timed else []  # fmt: skip
+    for i, res in zip(timed, core, strict=True):
+        out[i] = res
+    streak = 0
+    for i, night in enumerate(nights):
+        if out[i] is not None:
+            streak = 0
+            continue
+        past = [nights[j] for j in timed if j < i][-window:]
+        res: dict[str, Any] = {
+            "ref_time_ms": math.nan,
+            "verdict": None,
+            "worse": None,
+            "regressed": False,
+            "change": None,
+            "change_ratio": math.nan,
+        }
+        if past:
+            base = window_side(past)
+            res["ref_time_ms"] = base.row.get("time_ms_median", math.nan)
+            verdict = judge(base, night_side(night), s, ci=False)
+            res["verdict"] = verdict.verdict
+            if verdict.verdict == "regression":
+                res["worse"] = "; ".join(verdict.reasons)
+        streak = streak + 1 if res["verdict"] == "regression" else 0
+        res["regressed"] = streak >= persist
+        out[i] = res
+    return out  # type: ignore[return-value]
+
+
+def _flag_levels(nights: list[dict[str, Any]], s: CompareSettings, *, window: int, persist: int,
+                 min_window: int) -> list[dict[str, Any]]:  # fmt: skip
     """Per night of one series: change (the verdict of a change point opening a new level here,
     else None), change_ratio (that level's median time / the level before), ref_time_ms, the
     judge's verdict on the night, why it is worse (compare's reasons, or None) and regressed.

@@ -101,3 +101,18 @@ def test_history_cli_lists_the_change_point_and_the_csv_has_its_columns(tmp_path
     assert "1 change point (" in res.output and "n06" in res.output
     header = csv.read_text().splitlines()[0].split(",")
     assert header[-6:] == ["ref_time_ms", "verdict", "worse", "regressed", "change", "change_ratio"]
+
+
+@pytest.mark.parametrize("bad", ["error", "nan"])
+def test_a_failed_or_nan_night_inside_a_slowdown_does_not_hide_it(bad):
+    """Nights 0-3 at 10 ms, 4 at 30 ms, 5 failed (or a NaN median), 6 at 30 ms again: the
+    slowdown holds for two timed nights, so night 6 is regressed, judged against nights 0-3."""
+    nights = _history([10.0] * 4 + [30.0, 30.0, 30.0], noise=0.01, seed=0)
+    if bad == "error":
+        nights[5] |= {"status": "error", "reason": "boom", "time_ms_median": None, SAMPLES: []}
+    else:
+        nights[5] |= {"time_ms_median": float("nan"), NAN_FIELDS: ["time_ms_median"]}
+    flags = flag_series(nights, CompareSettings(), **WINDOW)
+    assert flags[6]["regressed"] and flags[6]["ref_time_ms"] == pytest.approx(10.0, rel=0.05)
+    assert flags[5]["verdict"] == "regression" and not flags[5]["regressed"]  # one bad night
+    assert [i for i, f in enumerate(flags) if f["change"]] == [4]
