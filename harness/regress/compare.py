@@ -372,8 +372,12 @@ def settings_for(candidate: Run, overrides: dict[str, Any]) -> CompareSettings:
     merged = {**base, **{k: v for k, v in overrides.items() if v is not None}}
     try:
         return CompareSettings.model_validate(merged)
-    except ValueError as exc:
-        raise CompareError(f"invalid compare settings: {exc}") from None
+    except ValueError as exc:  # pydantic's ValidationError: one line per error, not its dump
+        errors = getattr(exc, "errors", lambda: [])()
+        text = "; ".join(f"{'.'.join(map(str, e.get('loc', ()))) or 'compare'}: "
+                         f"{str(e.get('msg', '')).removeprefix('Value error, ')}"
+                         for e in errors) or str(exc)  # fmt: skip
+        raise CompareError(f"invalid compare settings: {text}") from None
 
 
 def _check_comparable(base: Run, cand: Run) -> list[str]:

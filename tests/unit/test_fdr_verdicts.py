@@ -191,3 +191,16 @@ def test_a_change_within_between_process_variation_is_not_a_regression():
     assert any("per-process medians overlap" in n for n in res.notes)
     res = judge(base, side([11.5, 11.6, 11.8], seed=9), CompareSettings(time_tol=0.05))
     assert res.verdict == "regression"
+
+
+def test_conflicting_flags_are_one_line_naming_both(tmp_path):
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    run = make_run(tmp_path / "r", [ok_row()])
+    res = CliRunner().invoke(app, ["compare", str(run), str(run), "--common-shift",
+                                   "--normalize-to", "chunked"])  # fmt: skip
+    assert res.exit_code == 2
+    (line,) = [x for x in res.output.splitlines() if x.strip()]
+    assert "common_shift and normalize_to" in line and "errors.pydantic" not in line
