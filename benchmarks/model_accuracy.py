@@ -9,7 +9,7 @@ into a temporary folder. Prints, per row, measured and predicted peak memory abo
 (and time, roofline over the run's measured ceilings, one efficiency per series fitted on its
 shortest row; expect large time misses on a loaded machine) and the share of out-of-sample
 S-dominated rows within ±15%. Then the projection (harness/model/projection.py) beside the Ring
-Attention paper's max contexts (arXiv 2310.01889, Table 3 / ANCHORS.md) and its claim that 100M
+Attention paper's max contexts (arXiv 2310.01889, Table 3) and its claim that 100M
 tokens at hidden 1024 need over 1000 GB without ring attention (sources/000 §2).
 """
 
@@ -59,7 +59,7 @@ seed: 0
 """,
 }
 
-# Ring Attention (arXiv 2310.01889) Table 3 / ANCHORS.md: max context, tokens, training.
+# Ring Attention (arXiv 2310.01889) Table 3: max context, tokens, training.
 PAPER = [("A100-80GB", "3b", 8, "ring", 512_000), ("A100-80GB", "7b", 8, "ring", 256_000),
          ("A100-80GB", "13b", 8, "ring", 128_000), ("A100-80GB", "7b", 32, "ring", 4_096_000),
          ("A100-80GB", "3b", 8, "bpt", 64_000), ("A100-80GB", "7b", 8, "bpt", 32_000),

@@ -53,10 +53,10 @@ DEVICES: dict[str, Device] = {d.name: d for d in [
            "600 GB/s both directions (300 one way); decoder-only notes App. C.1"),
     Device("H100-80GB", 80 * GB, 989e12, 3350 * GB, 450 * GB,
            "NVIDIA H100 SXM datasheet: 989 TFLOP/s bf16 dense, 3.35 TB/s HBM3, NVLink 900 GB/s "
-           "both directions (450 one way); ANCHORS.md"),
+           "both directions (450 one way)"),
     Device("H200-141GB", 141 * GB, 989e12, 4800 * GB, 450 * GB,
            "NVIDIA H200 SXM datasheet: 141 GB HBM3e at 4.8 TB/s, 989 TFLOP/s bf16 dense, NVLink "
-           "900 GB/s both directions; ANCHORS.md"),
+           "900 GB/s both directions"),
     Device("B200", 180 * GB, 2250e12, 8000 * GB, 900 * GB,
            "NVIDIA HGX/DGX B200 datasheet: 1,440 GB for 8 GPUs (180 GB each) HBM3e at 8 TB/s, "
            "2.25 PFLOP/s bf16 dense, NVLink 5 1.8 TB/s both directions (900 one way)"),

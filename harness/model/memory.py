@@ -5,7 +5,7 @@ Two kinds of formula live here, both in bytes.
 The sources' formulas (cited each), used for projections:
 - one attention score matrix: b·n·Sq·Sk·p (decoder-only notes, sources/004 §2.1.3, "the
   query-key dot products produce A·B·S² more");
-- per-layer activation memory of the BPT paper's comparison (ANCHORS.md from arXiv 2305.19370,
+- per-layer activation memory of the BPT paper's comparison (arXiv 2305.19370,
   restated in sources/000 §2 "Blockwise Parallel Transformers"; bf16 bytes): vanilla 2·b·n·s²
   (attention) + 8bsh (FFN); memory-efficient attention 2bsh + 4bch + FFN 8bsh; BPT 2bsh total;
   Ring Attention 6bch per device;
@@ -44,7 +44,7 @@ def attention_scores_bytes(batch: int, num_heads: int, seqlen_q: int, seqlen_k: 
 
 def paper_layer_activation_bytes(kind: str, batch: int, seq_len: int, hidden: int,
                                  num_heads: int, block_size: int) -> float:  # fmt: skip
-    """Per-layer activation bytes in the BPT paper's bf16 count (ANCHORS.md; arXiv 2305.19370;
+    """Per-layer activation bytes in the BPT paper's bf16 count (arXiv 2305.19370;
     sources/000 §2): vanilla 2bns² + 8bsh, memeff 2bsh + 4bch + 8bsh, bpt 2bsh, ring 6bch (per
     device, c = block tokens = the local shard). b batch, s tokens, h hidden, n heads."""
     b, s, h, n, c = batch, seq_len, hidden, num_heads, block_size

@@ -22,7 +22,7 @@ Memory per device (bytes), for S tokens on P devices (n = S/P):
   model states / P (FSDP-sharded weights, grads, Adam: 16 bytes a parameter, ZeRO arXiv 1910.02054)
   + layers · saved_per_token_hidden · b·n·h (activations kept for backward; 2 = only the layer input
     in bf16, full rematerialization)
-  + Ring Attention's per-layer working set 6·b·c·h (ANCHORS: Table 1 of the paper, bf16 bytes)
+  + Ring Attention's per-layer working set 6·b·c·h (arXiv 2310.01889, Table 1; bf16 bytes)
   + the attention inputs and K/V buffers: q, k, v, out (and dout, dq, dk, dv for fwd_bwd) of the
     local shard, and the receive buffers of implementations/ring/ring_attention.py (`_Ring2`): a
     K/V pair at P = 2 and two alternating pairs at P >= 3 (the first step sends the caller's own
@@ -44,7 +44,10 @@ from harness.errors import HarnessError
 from harness.yaml_safe import YamlInputError, one_line, read_yaml
 
 Phase = Literal["fwd", "fwd_bwd"]
-PHASE_COMPUTE = {"fwd": 1.0, "bwd": 2.5}  # ANCHORS: backward = 2.5 × forward
+PHASE_COMPUTE = {
+    "fwd": 1.0,
+    "bwd": 2.5,
+}  # backward = 2.5 × forward: 2 matmuls forward, 5 back (FlashAttention-2, arXiv 2307.08691)
 
 
 class ModelError(HarnessError):
@@ -89,11 +92,11 @@ PROFILES: dict[str, DeviceProfile] = {p.name: p for p in [
         name="h100-sxm", peak_flops=989e12, link_bytes_per_s=450 * GB, link_latency_s=5e-6,
         memory_bytes=80 * GB,
         source="H100 SXM 80GB: 989 TFLOP/s dense bf16, NVLink 900 GB/s both directions "
-               "(450 one way); ANCHORS.md / NVIDIA datasheet"),
+               "(450 one way); NVIDIA datasheet"),
     DeviceProfile(
         name="cpu-gloo", peak_flops=157e9, achieved_fraction=0.33, link_bytes_per_s=0.86 * GB,
         link_latency_s=2.5e-3, memory_bytes=24 * 2**30, compute_slots=2,
-        source="this 2-core VM (ANCHORS: ~157 GFLOP/s fp32 peak); one thread per rank, gloo over "
+        source="this 2-core VM (~157 GFLOP/s fp32 peak, measured); one thread per rank, gloo over "
                "loopback; 51 GFLOP/s a rank, 0.86 GB/s and 2.5 ms fitted by `harness model ring "
                "--calibrate` on a ring_model_validation run (shared, loaded machine); see "
                "--fit-slots for its effective concurrency"),

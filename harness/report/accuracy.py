@@ -1,8 +1,8 @@
 """Numerical error vs the float64 reference: relative L2 per implementation × dtype × length.
 
 A strip plot, faceted by dtype × causal; every case of an implementation is a point (other axes
-that vary simply add points). The dashed line is the tolerance of STYLE.md / ANCHORS.md
-(flash-attention's rule): twice the error of naive attention computed in the same low precision.
+that vary simply add points). The dashed line is the tolerance of flash-attention's tests:
+twice the error of naive attention computed in the same low precision.
 Points above their own case's tolerance are ringed in red. A NaN or infinite error is no point
 (the table and the header show it).
 """

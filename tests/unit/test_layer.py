@@ -61,8 +61,8 @@ def test_fp32_layer_matches_float64(name: str, causal: bool, seq: int, block: in
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_low_precision_layer_near_vanilla(name: str, dtype: str) -> None:
     """Output within 2x of vanilla_layer's error in the same dtype; gradients within 3x
-    (ANCHORS: 2-3x for gradients): bpt_layer's weight gradients add one term per query block in
-    the weights' own dtype, as any blockwise or micro-batched step does."""
+    (flash-attention's tests: 2-3x for gradients): bpt_layer's weight gradients add one term per
+    query block in the weights' own dtype, as any blockwise or micro-batched step does."""
     case = _case(97, dtype=dtype, causal=True)
     inputs, dout, ref = _setup(case)
     out, grads = _run(name, case, inputs, dout)

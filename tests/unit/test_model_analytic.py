@@ -27,7 +27,7 @@ from harness.model.ring import ModelError
 
 
 def test_paper_layer_activation_matches_hand_values() -> None:
-    # ANCHORS.md / arXiv 2305.19370 (sources/000 §2), b=1, s=1024, h=512, n=8, c=128, bf16 bytes
+    # arXiv 2305.19370 (sources/000 §2), b=1, s=1024, h=512, n=8, c=128, bf16 bytes
     args = (1, 1024, 512, 8, 128)
     assert paper_layer_activation_bytes("vanilla", *args) == 2 * 8 * 1024**2 + 8 * 1024 * 512
     assert paper_layer_activation_bytes("memeff", *args) == 1048576 + 262144 + 4194304
@@ -140,7 +140,7 @@ def test_projection_is_monotone_in_devices_and_memory(model: str) -> None:
         assert memory_per_device(impl, w, 8, 2**16) < memory_per_device(impl, w, 8, 2**17)
 
 
-# Ring Attention (arXiv 2310.01889) Table 3 / ANCHORS.md, max context tokens on A100 80GB
+# Ring Attention (arXiv 2310.01889) Table 3, max context tokens on A100 80GB
 @pytest.mark.parametrize(("model", "p", "impl", "paper", "factor"), [
     ("3b", 8, "ring", 512_000, 1.5), ("7b", 8, "ring", 256_000, 1.5),
     ("13b", 8, "ring", 128_000, 1.5), ("3b", 8, "bpt", 64_000, 1.5),
@@ -163,7 +163,7 @@ def test_hundred_million_tokens_need_over_1000_gb_without_ring() -> None:
 
 
 def test_overlap_condition_block_at_least_flops_over_bandwidth() -> None:
-    # arXiv 2310.01889 §3 / ANCHORS.md: c >= F/B, ~1k tokens on A100 NVLink, ~24.5k over 12.5 GB/s
+    # arXiv 2310.01889 §3: c >= F/B, ~1k tokens on A100 NVLink, ~24.5k over 12.5 GB/s
     from dataclasses import replace
 
     from harness.model.ring import overlap_block_tokens
