@@ -53,23 +53,33 @@ def predict_command(out: Console, *, run_dir: Path, json_path: Path | None) -> N
     t = Table(title=Text(f"model vs measured: {run_dir}"),
               caption=Text("memory: peak above inputs, MiB; * = calibration row (in-sample); "
                            "S = S-dependent terms dominate"))  # fmt: skip
-    for col in ("impl", "phase", "S", "mem meas", "mem pred", "ratio", "", "ms meas", "ms pred",
+    t.add_column("case", justify="left", overflow="fold")  # the name says causal, mask, P
+    for col in ("impl", "phase", "mem meas", "mem pred", "ratio", "flags", "ms meas", "ms pred",
                 "ratio "):  # fmt: skip
         t.add_column(col, justify="right")
+    t.add_column("note", justify="left")
     for r in recs:
         if "reason" in r:
-            t.add_row(str(r["impl"]), str(r["phase"]), str(r["seq_len"]), "", "", "", "",
-                      "", "", Text(r["reason"]))  # fmt: skip
+            t.add_row(str(r.get("case")), str(r["impl"]), str(r["phase"]), "", "", "", "",
+                      "", "", "", Text(r["reason"]))  # fmt: skip
             continue
         flag = ("*" if r["calibrated"] else "") + ("S" if r["s_dominated"] else "")
-        t.add_row(str(r["impl"]), str(r["phase"]), str(r["seq_len"]),
+        t.add_row(str(r.get("case")), str(r["impl"]), str(r["phase"]),
                   _g(r["measured_mem_bytes"], 2**20), _g(r["predicted_mem_bytes"], 2**20),
                   _g(r["mem_ratio"]), flag, _g(r.get("measured_time_ms")),
-                  _g(r.get("predicted_time_ms")), _g(r.get("time_ratio")))  # fmt: skip
+                  _g(r.get("predicted_time_ms")), _g(r.get("time_ratio")), "")  # fmt: skip
     out.print(t)
     s = summary(recs)
-    out.print(Text(f"out-of-sample S-dominated rows of >= 8 MiB within ±{s['band']:.0%}: "
-                   f"{s['within']} of {s['rows']}; worst {s['worst']}"))  # fmt: skip
+    if not s["rows"]:
+        out.print(
+            Text(
+                "no out-of-sample row is S-dominated and >= 8 MiB: this run's rows are too "
+                "small to test the memory model (its overheads dominate them)"
+            )
+        )
+    else:
+        out.print(Text(f"out-of-sample S-dominated rows of >= 8 MiB within ±{s['band']:.0%}: "
+                       f"{s['within']} of {s['rows']}; worst {s['worst']}"))  # fmt: skip
     payload: dict[str, Any] = {"device": None if device is None else device.__dict__,
                                "records": recs, "summary": s}  # fmt: skip
     if json_path is not None:
