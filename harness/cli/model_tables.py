@@ -34,7 +34,7 @@ def project_command(out: Console, *, device: str, model: str, devices: list[int]
     at = "max context" if seq_len is None else f"{_tokens(seq_len)} tokens"
     t = Table(title=Text(f"projection: {model} training step on {dev.name} (mfu {dev.mfu}); "
                          f"time at {at}"), caption=Text(dev.source))  # fmt: skip
-    for col in ("impl", "P", "max context", "step s", "tokens/s"):
+    for col in ("impl", "P", "max context", "step s", "tokens/s, all P"):
         t.add_column(col, justify="right")
     for r in recs:
         fits = r["step_time_s"] is not None or seq_len is None
