@@ -54,6 +54,10 @@ IMPL_COLOR = {
     "flash_attn3": "#e377c2", "flash_attn4": "#7b4173", "xformers": "#637939",
     "xformers_cutlass": "#8c6d31", "xformers_flash": "#ad494a", "xformers_flash3": "#ce6dbd",
     "xformers_ck": "#5254a3",
+    # sequence parallel: ours and ring's peers
+    "ulysses": "#1b9e77", "usp": "#9edae5", "ring_attention_pytorch": "#c49c94",
+    "ring_flash_attn": "#f7b6d2", "ring_flash_attn_llama3": "#dbdb8d", "yunchang_usp": "#c5b0d5",
+    "torch_context_parallel": "#98df8a",
     # decode
     "decode_naive": "#525252", "decode_sdpa_math": "#a55194", "decode_sdpa_flash": "#3182bd",
     "decode_flash_attn2": "#756bb1", "decode_flash_attn3": "#de9ed7", "decode_flex": "#31a354",
@@ -90,6 +94,10 @@ IMPL_STYLE = {  # (symbol, dash); coinciding pairs (naive / sdpa_math, bpt / sdp
     "xformers": ("square", "longdash"), "xformers_cutlass": ("circle", "dot"),
     "xformers_flash": ("triangle-up", "longdashdot"), "xformers_flash3": ("hexagon", "dot"),
     "xformers_ck": ("pentagon", "dashdot"),
+    "ulysses": ("diamond", "solid"), "usp": ("diamond-wide", "dash"),
+    "ring_attention_pytorch": ("x", "dot"), "ring_flash_attn": ("bowtie", "longdashdot"),
+    "ring_flash_attn_llama3": ("triangle-right", "dash"), "yunchang_usp": ("asterisk", "dot"),
+    "torch_context_parallel": ("y-up", "longdash"),
     "decode_naive": ("circle", "solid"), "decode_sdpa_math": ("square", "dot"),
     "decode_sdpa_flash": ("triangle-up", "solid"), "decode_flash_attn2": ("star", "dashdot"),
     "decode_flash_attn3": ("hexagon", "dot"), "decode_flex": ("triangle-down", "longdash"),
