@@ -29,6 +29,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from harness.registry import Impl, register
 from implementations.blockwise_ops import TilePlan, acc_dtype, block_bwd, resolve_mask
@@ -144,6 +145,7 @@ class _BPTLayer(torch.autograd.Function):
         return y_bsh
 
     @staticmethod
+    @once_differentiable  # its backward is hand-written: no double backward (one clear error)
     def backward(ctx, dy_bsh):
         causal, block_size, num_heads, names = ctx.settings
         x, out, lse, *weights = ctx.saved_tensors
