@@ -218,12 +218,7 @@ def flag_series(nights: list[dict[str, Any]], s: CompareSettings, *, window: int
             "change_ratio": math.nan,
         }
         if past:
-            base = window_side(past)
-            res["ref_time_ms"] = base.row.get("time_ms_median", math.nan)
-            verdict = judge(base, night_side(night), s, ci=False)
-            res["verdict"] = verdict.verdict
-            if verdict.verdict == "regression":
-                res["worse"] = "; ".join(verdict.reasons)
+            _judge_night(res, past, night, s)
         streak = streak + 1 if res["verdict"] == "regression" else 0
         res["regressed"] = streak >= persist
         out[i] = res
@@ -286,16 +281,23 @@ def _flag_levels(nights: list[dict[str, Any]], s: CompareSettings, *, window: in
                                    "change": level["change"] if pos == 0 else None,
                                    "change_ratio": ratio if pos == 0 else math.nan}  # fmt: skip
             if past:
-                base = window_side(past)
-                res["ref_time_ms"] = base.row.get("time_ms_median", math.nan)
-                verdict = judge(base, night_side(night), s, ci=False)
-                res["verdict"] = verdict.verdict
-                if verdict.verdict == "regression":
-                    res["worse"] = "; ".join(verdict.reasons)
+                _judge_night(res, past, night, s)
                 res["regressed"] = (level["change"] == "regression" and pos >= persist - 1
-                                    and verdict.verdict == "regression")  # fmt: skip
+                                    and res["verdict"] == "regression")  # fmt: skip
             out.append(res)
     return out
+
+
+def _judge_night(res: dict[str, Any], past: list[dict[str, Any]], night: dict[str, Any],
+                 s: CompareSettings) -> None:  # fmt: skip
+    """Fill `res` with the night's reference time, the judge's verdict against the pooled `past`
+    nights, and why it is worse."""
+    base = window_side(past)
+    res["ref_time_ms"] = base.row.get("time_ms_median", math.nan)
+    verdict = judge(base, night_side(night), s, ci=False)
+    res["verdict"] = verdict.verdict
+    if verdict.verdict == "regression":
+        res["worse"] = "; ".join(verdict.reasons)
 
 
 def _series_settings(nights: list[dict[str, Any]], settings: CompareSettings | None,
