@@ -45,6 +45,7 @@ def test_slowed_call_takes_at_least_one_plus_fraction_of_its_own_time(monkeypatc
         slowed(work, "x", "cuda")
 
 
+@pytest.mark.slow  # a whole run (two workers); the hook itself is tested above
 def test_a_run_records_the_slowdown_on_the_named_implementation_only(write_suite, tmp_path,
                                                                     monkeypatch):  # fmt: skip
     monkeypatch.setenv(SLOWDOWN_ENV, "naive=0.2")
