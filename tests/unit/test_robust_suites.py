@@ -7,6 +7,7 @@ any mutation of a valid suite either plans a sane run or is refused with one cle
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import random
@@ -97,10 +98,18 @@ def _write(tmp_path: Path, content: str | bytes, name: str = "suite.yaml") -> Pa
 def _refused(call: Any) -> str:
     """The one-line SuiteError message of `call()`, which must fail fast and small: timed
     first, then measured under tracemalloc (which slows Python several times over)."""
-    started = time.thread_time()  # this thread: not threads left by earlier tests
-    with pytest.raises(SuiteError) as info:
-        call()
-    cpu = time.thread_time() - started
+    # This thread's CPU only (not threads earlier tests left running), and no cyclic GC inside
+    # the timed call: a collection walks the whole heap the test process has grown by then
+    # (torch and every earlier test), which cost up to 1.5 s in a full run and ~0 s alone.
+    gc.collect()
+    gc.disable()
+    try:
+        started = time.thread_time()
+        with pytest.raises(SuiteError) as info:
+            call()
+        cpu = time.thread_time() - started
+    finally:
+        gc.enable()
     tracemalloc.start()
     try:
         with pytest.raises(SuiteError):
@@ -136,9 +145,14 @@ def test_the_largest_valid_file_loads_fast(tmp_path):
     seq_len = str(list(range(1, 10_001)))
     path = _write(tmp_path, BASE.replace("[64]", seq_len) + profiles)
     assert path.stat().st_size > 55_000
-    started = time.thread_time()
-    suite = read_suite(path, profile="p31")
-    assert time.thread_time() - started < 1.0
+    gc.collect()
+    gc.disable()  # as in _refused: a collection would walk the whole test process's heap
+    try:
+        started = time.thread_time()
+        suite = read_suite(path, profile="p31")
+        assert time.thread_time() - started < 1.0
+    finally:
+        gc.enable()
     assert suite.seed == 31 and suite.sweep.num_cases() == 10_000
 
 
