@@ -22,12 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from harness.hooks import DistributedHooks
+from harness.hooks import CommObserver, DistributedHooks
 from harness.masks import MASK_KINDS, MaskSpec
 from harness.registry import Availability, Impl, register
 from implementations.bpt import bpt_attention
@@ -39,18 +39,11 @@ from implementations.ring.seq_layouts import (
     unsupported_reason,
 )
 
-
-class _Observer(Protocol):
-    def started(self, nbytes: int) -> None: ...
-
-    def wait(self, waits: Callable[[], None]) -> None: ...
-
-
-_observer: _Observer | None = None
+_observer: CommObserver | None = None
 
 
 @contextmanager
-def observe(observer: _Observer) -> Iterator[_Observer]:
+def observe(observer: CommObserver) -> Iterator[CommObserver]:
     """Report every all-to-all started inside the block to `observer` (bytes that leave the rank,
     and the blocking wait), as `ring.ring_exchange.observe` does for the ring."""
     global _observer
