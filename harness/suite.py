@@ -300,15 +300,18 @@ class Suite(_Strict):
     def warnings(self) -> list[str]:
         """Lines worth a warning before a run (legal, but probably not what was meant)."""
         t, need = self.timing, self.compare.min_samples
+        # compare tests the samples of every process pooled (timing.processes)
+        least, most = t.min_repeats * t.processes, t.repeats * t.processes
         out = []
-        if t.min_repeats < need:
+        if least < need:
             when = "can time-gate none of its rows"
-            if t.repeats >= need:
+            if most >= need:
                 when = f"cannot time-gate a row that max_time_s ({t.max_time_s:g} s) stops early"
-            out.append(f"timing.min_repeats ({t.min_repeats}) is below compare.min_samples "
+            per = f" × timing.processes ({t.processes})" if t.processes > 1 else ""
+            out.append(f"timing.min_repeats ({t.min_repeats}){per} is below compare.min_samples "
                        f"({need}): `harness compare` {when} (verdict `ungated`, "
                        f"too few samples); raise timing.min_repeats (and timing.repeats) to "
-                       f"{need}")  # fmt: skip
+                       f"{-(-need // t.processes)}")  # fmt: skip
         return out
 
     @model_validator(mode="after")

@@ -47,6 +47,13 @@ import numpy as np
 from harness.errors import HarnessError, ResultsError
 from harness.measure.tolerance import FLOOR, Limit, naive_limit
 from harness.regress.baseline import describe, expected_keys
+from harness.regress.processes import (
+    PER_PROCESS,
+    ProcessStats,
+    per_process,
+    process_stats,
+    processes_overlap,
+)
 from harness.results import RunDir
 from harness.rows import Key, is_finite_number
 from harness.suite import CompareSettings
@@ -60,7 +67,6 @@ VERDICT_ORDER: tuple[str, ...] = (
 # The metrics gated on a row ok on both sides (error metrics are every `err_*_rel_l2`, see
 # `_error_metrics`); each must be finite on both sides to be compared at all.
 TIME, THROUGHPUT, MEMORY = "time_ms_median", ("tflops", "tokens_per_s"), "peak_mem_bytes"
-PER_PROCESS = "time_ms_median_per_process"  # rows timed in several processes (timing.processes)
 # The tolerance rule lives in harness/measure/tolerance.py (2x / 3x naive-same-precision, and
 # the unit-roundoff fallback when naive itself overflows); its floor is the one used here.
 ERR_FLOOR = FLOOR
@@ -236,6 +242,7 @@ class RowResult:
     ungated: list[str] = field(default_factory=list)
     p_value: float | None = None  # the gated time test's one-sided p, in the ratio's direction
     p_adjusted: float | None = None  # that p after Benjamini-Hochberg across compare's rows
+    process: ProcessStats | None = None  # the per-process test, when both sides had one
 
     @property
     def severity(self) -> float:
@@ -408,37 +415,19 @@ def _check_comparable(base: Run, cand: Run) -> list[str]:
     return notes
 
 
-def _processes_overlap(b: dict[str, Any], c: dict[str, Any], slower: bool) -> str | None:
-    """Why the change is not beyond between-process variation, or None.
-
-    With rows timed in several processes on both sides (`timing.processes`), a change must move
-    every candidate process past every baseline process: the samples of one process share its
-    state (allocator, page placement, thread placement), so a rank test over pooled samples
-    mistakes one odd process for evidence. asv judges from per-process results for this reason.
-    """
-    pb, pc = b.get(PER_PROCESS), c.get(PER_PROCESS)
-    if not (pb and pc and len(pb) > 1 and len(pc) > 1):
-        return None
-    apart = min(pc) > max(pb) if slower else max(pc) < min(pb)
-    if apart:
-        return None
-    return (
-        f"per-process medians overlap (baseline {_ms_list(pb)}, candidate {_ms_list(pc)} "
-        "ms): within between-process variation"
-    )
-
-
-def _ms_list(values: Sequence[float]) -> str:
-    return "[" + ", ".join(f"{v:.3g}" for v in values) + "]"
-
-
 def _judge_time(res: RowResult, stats_: TimeStats, s: CompareSettings, what: str,
                 p_adjusted: float | None, rows: tuple[dict[str, Any], dict[str, Any]] | None = None,
                 ) -> None:  # fmt: skip
     """Time verdict: effect beyond time_tol, p (BH-adjusted when given) below alpha, a CI (when
-    computed) that excludes 1.0, and, for rows timed in several processes on both sides (`rows`:
-    baseline and candidate row), every candidate process beyond every baseline process; too few
-    samples make the row `ungated`."""
+    computed) that excludes 1.0; too few samples make the row `ungated`.
+
+    For rows timed in several processes on both sides (`rows`: baseline and candidate row), the
+    process is the unit of replication (harness/regress/processes.py): with at least
+    MIN_PROCESSES a side, the row's p is the larger of the pooled-sample rank test's and the
+    Welch t-test's on per-process medians (both must hold: an intersection-union test), and the
+    effect and the CI must hold for the per-process ratio too; with two, every candidate process
+    must lie beyond every baseline process.
+    """
     if min(stats_.num_base, stats_.num_cand) < s.min_samples:
         res.ungated.append(what)
         res.notes.append(f"{what}: {stats_.num_base}/{stats_.num_cand} samples, fewer than "
@@ -446,6 +435,11 @@ def _judge_time(res: RowResult, stats_: TimeStats, s: CompareSettings, what: str
         return
     slower = stats_.ratio >= 1
     p_raw = stats_.p_slower if slower else stats_.p_faster
+    proc = _process_stats(rows, s)
+    if proc is not None:
+        res.process = proc
+        p_proc = proc.p_slower if slower else proc.p_faster
+        p_raw = p_proc if p_raw is None else max(p_raw, p_proc)
     res.p_value = p_raw
     res.p_adjusted = p_adjusted
     p = p_adjusted if p_adjusted is not None else p_raw
@@ -455,24 +449,44 @@ def _judge_time(res: RowResult, stats_: TimeStats, s: CompareSettings, what: str
     has_ci = stats_.ci_low is not None and stats_.ci_high is not None
     ci_has_one = has_ci and stats_.ci_low <= 1.0 <= stats_.ci_high  # type: ignore[operator]
     ci_txt = f", CI [{stats_.ci_low:.3g}, {stats_.ci_high:.3g}]" if has_ci else ""
+    if proc is not None:
+        ci_txt += f"; {proc.describe(slower)}"
     pct = (stats_.ratio - 1) * 100
-    beyond = stats_.ratio > 1 + s.time_tol if slower else stats_.ratio < 1 - s.time_tol
-    if not beyond:
+
+    def beyond_tol(ratio: float) -> bool:
+        return ratio > 1 + s.time_tol if slower else ratio < 1 - s.time_tol
+
+    if not beyond_tol(stats_.ratio):
         return
+    kind = "regression" if slower else "change"
     if p >= s.alpha:
         if slower:
             res.notes.append(f"{what} {pct:+.1f}% but not significant ({p_txt}{ci_txt})")
     elif ci_has_one:
         res.notes.append(f"{what} {pct:+.1f}% ({p_txt}) but its CI [{stats_.ci_low:.3g}, "
-                         f"{stats_.ci_high:.3g}] contains 1.0; not a "
-                         f"{'regression' if slower else 'change'}")  # fmt: skip
-    elif rows is not None and (overlap := _processes_overlap(*rows, slower)):
+                         f"{stats_.ci_high:.3g}] contains 1.0; not a {kind}")  # fmt: skip
+    elif proc is not None and not beyond_tol(proc.ratio):
+        res.notes.append(f"{what} {pct:+.1f}% ({p_txt}{ci_txt}) but the per-process ratio is "
+                         f"within time_tol {s.time_tol:g}; not a {kind}")  # fmt: skip
+    elif proc is not None and proc.ci_low <= 1.0 <= proc.ci_high:
+        res.notes.append(f"{what} {pct:+.1f}% ({p_txt}{ci_txt}) but the per-process CI contains "
+                         f"1.0; not a {kind}")  # fmt: skip
+    elif proc is None and rows is not None and (overlap := processes_overlap(*rows, slower)):
         res.notes.append(f"{what} {pct:+.1f}% ({p_txt}{ci_txt}) but its {overlap}; not a "
-                         f"{'regression' if slower else 'change'}")  # fmt: skip
+                         f"{kind}")  # fmt: skip
     elif slower:
         res.reasons.append(f"{what} {pct:+.1f}% ({p_txt}{ci_txt})")
     else:
         res.notes.append(f"improved: {what} {pct:+.1f}% ({p_txt}{ci_txt})")
+
+
+def _process_stats(rows: tuple[dict[str, Any], dict[str, Any]] | None, s: CompareSettings
+                   ) -> ProcessStats | None:  # fmt: skip
+    """The per-process test when both rows hold enough per-process medians, else None."""
+    if rows is None:
+        return None
+    pb, pc = per_process(rows[0]), per_process(rows[1])
+    return process_stats(pb, pc, alpha=s.alpha) if pb and pc else None
 
 
 def _judge_memory(res: RowResult, b: dict[str, Any], c: dict[str, Any], s: CompareSettings) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from harness.errors import ResultsError
 from harness.regress.compare import Side, judge
+from harness.regress.processes import PER_PROCESS, per_process
 from harness.results import RUN, RunDir, warn
 from harness.rows import is_finite_number, row_key
 from harness.suite import CompareSettings
@@ -29,7 +30,7 @@ SERIES = ["suite_name", "profile", "device_name", "case", "impl", "phase"]
 SAMPLES = "time_samples_ms"  # a night's raw time samples (a list per row), what the judge reads
 SUITE_COMPARE = "suite_compare"  # the run's suite `compare:` section (JSON text), as compare reads
 NAN_FIELDS = "nan_fields"  # fields a night's row holds as NaN (the frame's NaN also means absent)
-_COLUMNS = ["status", "reason", "time_ms_median", "peak_mem_bytes", "err_rel_l2"]
+_COLUMNS = ["status", "reason", "time_ms_median", "peak_mem_bytes", "err_rel_l2", PER_PROCESS]
 _KEY = ("case", "impl", "phase")
 
 
@@ -105,11 +106,12 @@ def normalize(frame, ref: str):
     ref_t = ref_rows.set_index(keys)["time_ms_median"].rename("ref_time_ms")
     out = frame.join(ref_t, on=keys)
     out["time_ms_median"] = out["time_ms_median"] / out["ref_time_ms"]
-    if SAMPLES in out.columns:
-        out[SAMPLES] = [
-            [t / scale for t in times] if isinstance(times, list) and scale > 0 else None
-            for times, scale in zip(out[SAMPLES], out["ref_time_ms"], strict=True)
-        ]
+    for column in (SAMPLES, PER_PROCESS):
+        if column in out.columns:
+            out[column] = [
+                [t / scale for t in times] if isinstance(times, list) and scale > 0 else None
+                for times, scale in zip(out[column], out["ref_time_ms"], strict=True)
+            ]
     return out.drop(columns="ref_time_ms")
 
 
@@ -141,12 +143,16 @@ def night_side(night: dict[str, Any]) -> Side:
 
 def window_side(past: list[dict[str, Any]]) -> Side:
     """ok nights as the judge's baseline: each numeric field's median over the nights, and every
-    night's raw samples pooled (so night-to-night drift counts as noise, not as evidence)."""
+    night's raw samples and per-process medians pooled (so night-to-night drift counts as noise,
+    not as evidence)."""
     row = {k: past[-1][k] for k in _KEY} | {"status": "ok", "reason": ""}
     numeric = {k for n in past for k, v in _row(n).items()
                if (k.startswith("err_") or k in ("time_ms_median", "peak_mem_bytes"))
                and isinstance(v, int | float)}  # fmt: skip
     row.update({k: _median([n.get(k) for n in past]) for k in sorted(numeric)})
+    processes = [t for n in past for t in per_process(n) or ()]
+    if processes:
+        row[PER_PROCESS] = processes
     pooled = [t for n in past for t in _samples(n)]
     return Side(row, pooled or None)
 

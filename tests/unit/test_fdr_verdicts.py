@@ -177,19 +177,32 @@ def test_common_shift_needs_enough_rows_and_excludes_normalize_to(tmp_path):
         CompareSettings(common_shift=True, normalize_to="naive")
 
 
+def _process_side(per_process: list[float], seed: int) -> Side:
+    parts = [x for i, m in enumerate(per_process) for x in samples(m, 0.01, seed=seed + i)]
+    return Side(ok_row(time_ms=parts) | {"time_ms_median_per_process": per_process}, parts)
+
+
 def test_a_change_within_between_process_variation_is_not_a_regression():
     """Three processes a side: a +14% pooled shift (significant, CI excluding 1.0) with one
-    candidate process among the baseline's is not a regression; every process shifted is."""
-
-    def side(per_process: list[float], seed: int) -> Side:
-        parts = [x for i, m in enumerate(per_process) for x in samples(m, 0.01, seed=seed + i)]
-        return Side(ok_row(time_ms=parts) | {"time_ms_median_per_process": per_process}, parts)
-
-    base = side([10.0, 10.2, 10.4], seed=0)
-    res = judge(base, side([10.3, 11.6, 11.8], seed=9), CompareSettings(time_tol=0.05))
+    candidate process among the baseline's fails the t-test on per-process medians; every
+    process shifted is a regression."""
+    base = _process_side([10.0, 10.2, 10.4], seed=0)
+    res = judge(base, _process_side([10.3, 11.6, 11.8], seed=9), CompareSettings(time_tol=0.05))
     assert res.verdict == "unchanged" and not res.reasons and res.time.ci_low > 1.0
+    assert res.process is not None and res.process.p_slower > 0.05
+    assert res.time.p_slower < 0.01  # the pooled rank test alone would have flagged it
+    assert any("not significant" in n and "Welch" in n for n in res.notes)
+    res = judge(base, _process_side([11.5, 11.6, 11.8], seed=9), CompareSettings(time_tol=0.05))
+    assert res.verdict == "regression" and res.process.p_slower < 0.05
+    assert "Welch" in res.reasons[0]
+
+
+def test_with_two_processes_a_side_every_candidate_process_must_move():
+    base = _process_side([10.0, 10.4], seed=0)
+    res = judge(base, _process_side([10.3, 11.8], seed=9), CompareSettings(time_tol=0.05))
+    assert res.verdict == "unchanged" and res.process is None
     assert any("per-process medians overlap" in n for n in res.notes)
-    res = judge(base, side([11.5, 11.6, 11.8], seed=9), CompareSettings(time_tol=0.05))
+    res = judge(base, _process_side([11.5, 11.8], seed=9), CompareSettings(time_tol=0.05))
     assert res.verdict == "regression"
 
 
