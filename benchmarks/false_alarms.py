@@ -13,8 +13,10 @@ implementation's rows a `regression`) in ≥ 4 of 5 pairs; a 3% slowdown flagged
     .venv/bin/python benchmarks/false_alarms.py [--pairs 5] [--impl sdpa_math] \
         [--slowdowns 0.10,0.03] [--suite suites/nightly.yaml] [--work /tmp/false_alarms]
 
-Takes pairs × (2 + len(slowdowns)) nightly runs (~1 min each on 2 CPU cores). Run it on an idle
-machine; `--reuse` keeps runs already in --work (the script can be resumed).
+Takes pairs × (2 + len(slowdowns)) nightly runs (~2 min each on 2 CPU cores). Run it on an idle
+machine; `--reuse` keeps runs already in --work (the script can be resumed). The same runs are also
+judged with the per-process medians removed (the pooled samples alone, the rule before the process
+became the unit of replication), an ablation printed at the end.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from harness.regress.compare import compare_paths
+from harness.regress.compare import compare, load_run, settings_for
+from harness.regress.processes import PER_PROCESS
 
 FLAGGED = ("regression", "improvement", "changed")  # any verdict that would make someone look
 
@@ -43,11 +46,17 @@ def _run(suite: str, out: Path, env_extra: dict[str, str], reuse: bool) -> Path:
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
-def _judge(base: Path, cand: Path, impl: str | None) -> tuple[Counter, list[str], int]:
-    comparison = compare_paths(base, cand)
+def _judge(base: Path, cand: Path, impl: str | None, pooled_only: bool = False
+           ) -> tuple[Counter, list[str], int]:  # fmt: skip
+    b, c = load_run(base), load_run(cand)
+    if pooled_only:
+        for run in (b, c):
+            for row in run.rows.values():
+                row.pop(PER_PROCESS, None)
+    comparison = compare(b, c, settings_for(c, {}))
     verdicts = Counter(r.verdict for r in comparison.rows)
-    flagged = [f"{r.impl} {r.case} {r.phase}: {r.verdict}" for r in comparison.rows
-               if r.verdict in FLAGGED]  # fmt: skip
+    flagged = [f"{r.impl} {r.case} {r.phase}: {r.verdict} ({'; '.join(r.reasons or r.notes[:1])})"
+               for r in comparison.rows if r.verdict in FLAGGED]  # fmt: skip
     slowed_hits = sum(1 for r in comparison.rows if r.impl == impl and r.verdict == "regression")
     return verdicts, flagged, slowed_hits
 
@@ -63,28 +72,42 @@ def main() -> None:
     args = ap.parse_args()
     slowdowns = [float(s) for s in args.slowdowns.split(",") if s]
 
-    null_flags = 0
-    hits: dict[float, int] = dict.fromkeys(slowdowns, 0)
+    pairs: list[tuple[Path, Path, dict[float, Path]]] = []
     for i in range(args.pairs):
         base = _run(args.suite, args.work / f"pair{i}" / "base", {}, args.reuse)
-        cand = _run(args.suite, args.work / f"pair{i}" / "null", {}, args.reuse)
-        verdicts, flagged, _ = _judge(base, cand, None)
-        null_flags += len(flagged)
-        print(f"pair {i} null: {dict(verdicts)}", *(f"  FLAGGED {f}" for f in flagged), sep="\n")
+        null = _run(args.suite, args.work / f"pair{i}" / "null", {}, args.reuse)
+        slowed = {}
         for f in slowdowns:
             env = {"HARNESS_TEST_SLOWDOWN": f"{args.impl}={f}"}
-            slow = _run(args.suite, args.work / f"pair{i}" / f"slow{f:g}", env, args.reuse)
-            verdicts, flagged, n_hit = _judge(base, slow, args.impl)
-            others = [x for x in flagged if not x.startswith(f"{args.impl} ")]
-            hits[f] += n_hit > 0
-            print(f"pair {i} +{f:.0%} {args.impl}: {n_hit} of its rows flagged regression; "
-                  f"other rows flagged: {len(others)}", *(f"  FLAGGED {x}" for x in others),
-                  sep="\n")  # fmt: skip
-        sys.stdout.flush()
+            slowed[f] = _run(args.suite, args.work / f"pair{i}" / f"slow{f:g}", env, args.reuse)
+        pairs.append((base, null, slowed))
+        print(f"pair {i}: {base.parent.parent}", flush=True)
 
-    print(f"\nnull pairs: {null_flags} rows flagged in {args.pairs} pairs (target 0)")
-    for f in slowdowns:
-        print(f"+{f:.0%} on {args.impl}: flagged in {hits[f]} of {args.pairs} pairs")
+    summary = []
+    for pooled_only in (False, True):
+        rule = "pooled samples only (ablation)" if pooled_only else "compare as shipped"
+        print(f"\n=== {rule} ===")
+        null_flags = null_regressions = 0
+        hits: dict[float, int] = dict.fromkeys(slowdowns, 0)
+        for i, (base, null, slowed) in enumerate(pairs):
+            verdicts, flagged, _ = _judge(base, null, None, pooled_only)
+            null_flags += len(flagged)
+            null_regressions += sum(": regression" in f for f in flagged)
+            print(f"pair {i} null: {dict(verdicts)}", *(f"  FLAGGED {f}" for f in flagged),
+                  sep="\n")  # fmt: skip
+            for f, slow in slowed.items():
+                verdicts, flagged, n_hit = _judge(base, slow, args.impl, pooled_only)
+                others = [x for x in flagged if not x.startswith(f"{args.impl} ")]
+                hits[f] += n_hit > 0
+                print(f"pair {i} +{f:.0%} {args.impl}: {n_hit} of its rows flagged regression; "
+                      f"other rows flagged: {len(others)}", *(f"  FLAGGED {x}" for x in others),
+                      sep="\n")  # fmt: skip
+        line = (f"{rule}: null pairs {null_flags} rows flagged ({null_regressions} regressions) "
+                f"in {args.pairs} pairs (target 0); ")  # fmt: skip
+        line += "; ".join(f"+{f:.0%} on {args.impl} flagged in {hits[f]} of {args.pairs} pairs"
+                          for f in slowdowns)  # fmt: skip
+        summary.append(line)
+    print("", *summary, sep="\n")
 
 
 if __name__ == "__main__":
