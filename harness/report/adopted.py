@@ -2,7 +2,8 @@
 
 Those modules return `plotly.graph_objects.Figure`s; this turns them into the page's figure dicts,
 escaping every string that came from results (trace names, hover text) and turning NaN (a skipped
-row) into null, since the page's JSON allows no NaN.
+row) into null, since the page's JSON allows no NaN. A log axis whose figure left its ticks to
+plotly gets the report's readable ones (`common.log_ticks`), as the page's own figures do.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import math
 from typing import Any
 
-from harness.report.common import esc
+from harness.report.common import esc, log_ticks
 from harness.report.data import ReportData
 from harness.report.sections import Section
 
@@ -79,6 +80,7 @@ def adopt(fig: Any) -> dict[str, Any]:
     if isinstance(title, dict) and "text" in title:
         title["text"] = esc(title["text"])
     spec.setdefault("layout", {})["template"] = "plotly_white"
+    log_ticks(spec["layout"], spec.get("data", []))
     spec["controls"] = []
     return spec
 

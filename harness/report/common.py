@@ -126,6 +126,13 @@ def impl_dash(name: str) -> str:
     return IMPL_DASHES[_digest(name) // 91 % len(IMPL_DASHES)]
 
 
+def impl_style(name: str) -> dict[str, str]:
+    """Colour, marker symbol and dash of implementation `name`: the one style every figure draws
+    its first line in (figures made outside the facet grid, such as the history and the analytic
+    model's, use it directly)."""
+    return {"color": impl_color(name), "symbol": impl_symbol(name), "dash": impl_dash(name)}
+
+
 def impl_colors(impls: list[str]) -> dict[str, str]:
     """A colour per implementation, a function of its name alone: the same in every report."""
     return {name: impl_color(str(name)) for name in sorted(set(impls), key=str)}

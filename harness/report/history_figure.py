@@ -24,22 +24,29 @@ def history_figure(frame: Any, *, title: str = "history: median time per night")
     ratio of the new level's median time to the old one's (×1.20), and a dotted vertical line.
 
     Nights without a time (skipped, failed) are gaps; the hover names compare's reasons for a
-    night the judge found worse. Colours are the report's fixed implementation colours.
+    night the judge found worse. Each line takes its implementation's fixed colour, marker and
+    dash (`common.line_styles`: an implementation's further series take its next dashes), and the
+    log time axis the report's readable ticks (`common.log_axis`: full labels, never a bare digit).
 
     `frame` is `load_history(...)`, optionally through `normalize` and `flag_history`.
     """
     import math
 
+    import pandas as pd
     import plotly.graph_objects as go
 
-    from harness.report.common import impl_color
+    from harness.report.common import impl_colors, line_styles, log_axis
 
     fig = go.Figure()
     flagged = "regressed" in frame.columns
-    for key, group in frame.groupby(SERIES, sort=True, dropna=False):
-        case, impl, phase = key[3], key[4], key[5]
-        name = f"{impl} {phase} {case}"
-        color = impl_color(str(impl))
+    groups = list(frame.groupby(SERIES, sort=True, dropna=False))
+    names = [f"{key[4]} {key[5]} {key[3]}" for key, _ in groups]
+    impls = [str(key[4]) for key, _ in groups]
+    styles = line_styles(pd.DataFrame({"series": names, "impl": impls}), impl_colors(impls))
+    for (key, group), name in zip(groups, names, strict=True):
+        impl = key[4]
+        style = styles[name]
+        color = style["color"]
         why = group["worse"] if "worse" in group.columns else [None] * len(group)
         text = [
             f"{r}<br>{c or ''}<br>{st}" + (f"<br>worse: {w}" if isinstance(w, str) else "")
@@ -54,7 +61,8 @@ def history_figure(frame: Any, *, title: str = "history: median time per night")
                 name=name,
                 mode="lines+markers",
                 legendgroup=impl,
-                line={"color": color},
+                line={"color": color, "dash": style["dash"], "width": 2},
+                marker={"color": color, "symbol": style["symbol"], "size": 7},
                 text=text,
                 hovertemplate="%{y:.4g}<br>%{text}<extra>" + name + "</extra>",
             )
@@ -106,8 +114,7 @@ def history_figure(frame: Any, *, title: str = "history: median time per night")
     fig.update_layout(
         title=title,
         xaxis_title="run time (UTC)",
-        yaxis_title="median time (ms)",
-        yaxis_type="log",
+        yaxis={"title": "median time (ms)", "type": "log", **log_axis(frame["time_ms_median"])},
         hovermode="closest",
     )
     return fig

@@ -21,6 +21,18 @@ from typing import Any
 
 import pandas as pd
 
+from harness.report.common import (
+    PHASE_ORDER,
+    FigureSpec,
+    esc,
+    floats,
+    hollow,
+    impl_color,
+    impl_style,
+    stagger_coinciding,
+    template,
+)  # fmt: skip
+
 MODEL_MEM_COLUMN = "model_peak_mem_bytes"
 EXPONENT_COLUMN = "memory_exponent"
 BLOCK_SIZE_COLUMN = "uses_block_size"
@@ -48,83 +60,114 @@ def uses_block_size(rows: pd.DataFrame) -> pd.Series:
 # --- the analytic model (harness/model/): predicted vs measured, and the projection ---------------
 
 MODEL_NOTE = (
-    "Analytic model (harness/model/, `harness model predict` / `project`). Left: each ok row's "
-    "peak memory above its inputs, predicted (the sources' formulas with the tensor counts of "
-    "the code, plus a fixed overhead calibrated on the shortest row of each series, hollow "
-    "markers) against measured; the band is ±15%. Right: the longest context whose training "
-    "step fits one device, per implementation, for a 7B model on P devices (FSDP states; ring "
-    "splits the sequence), against the Ring Attention paper's 8×A100 and 32×A100 points."
+    "Analytic model (harness/model/, `harness model predict` / `project`). First figure: each ok "
+    "row's peak memory above its inputs, predicted (the sources' formulas with the tensor counts "
+    "of the code, plus a fixed overhead calibrated on the shortest row of each series, hollow "
+    "markers) against measured, for the phase selected; the band is ±15%. Second: the longest "
+    "context whose training step fits one device, per implementation, for a 7B model on P "
+    "devices of the selected kind (FSDP states; ring splits the sequence), against the Ring "
+    "Attention paper's 8×A100 and 32×A100 points (crosses). Colours, markers and dashes are each "
+    "implementation's fixed style; the model's vanilla, memeff and bpt layers take the style of "
+    "the harness's vanilla_layer, memeff_layer and bpt_layer."
 )
 
+# The projection's implementations (harness/model/projection.IMPLS: whole-layer models, the BPT
+# paper's kinds) drawn in the fixed style of the harness implementation each one models.
+MODEL_IMPL_STYLE = {"vanilla": "vanilla_layer", "memeff": "memeff_layer", "bpt": "bpt_layer",
+                    "ring": "ring"}  # fmt: skip
 
-def predicted_vs_measured_figure(records: list[dict[str, Any]]):
+
+def predicted_vs_measured_figure(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Log-log scatter of predicted vs measured memory (bytes), one trace per implementation and
-    phase, with y = x and the ±15% band; `records` from harness.model.predict.predict_rows."""
-    import plotly.graph_objects as go
-
+    phase (a phase selector; each implementation in its fixed colour and marker), with y = x and
+    the ±15% band; `records` from harness.model.predict.predict_rows. None without a point."""
     pts = [r for r in records if r.get("mem_ratio") and r.get("measured_mem_bytes")]
-    fig = go.Figure()
     if not pts:
-        return fig
+        return None
+    spec = FigureSpec("Peak memory above inputs: model vs measured", 480)
+    spec.grid([[""]], xtitle="measured (bytes)", ytitle="predicted (bytes)")
     lo = min(min(r["measured_mem_bytes"], r["predicted_mem_bytes"]) for r in pts) / 1.5
     hi = max(max(r["measured_mem_bytes"], r["predicted_mem_bytes"]) for r in pts) * 1.5
-    for scale, name in ((1.0, "predicted = measured"), (1.15, "±15%"), (1 / 1.15, None)):
-        fig.add_trace(go.Scatter(x=[lo, hi], y=[lo * scale, hi * scale], mode="lines",
-                                 name=name, showlegend=name is not None,
-                                 line={"dash": "solid" if scale == 1.0 else "dot",
-                                       "color": "gray"}))  # fmt: skip
+    for scale, name in ((1.0, "predicted = measured"), (1.15, "±15%"), (1 / 1.15, "±15%")):
+        spec.add({"x": [lo, hi], "y": [lo * scale, hi * scale], "mode": "lines", "name": name,
+                  "legendgroup": name, "hoverinfo": "skip",
+                  "line": {"dash": "solid" if scale == 1.0 else "dot", "color": "gray",
+                           "width": 1}}, role="threshold", legend_key=name)  # fmt: skip
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in pts:
-        groups.setdefault((str(r["impl"]), str(r["phase"])), []).append(r)
-    for (impl, phase), rs in sorted(groups.items()):
-        fig.add_trace(go.Scatter(
-            x=[r["measured_mem_bytes"] for r in rs], y=[r["predicted_mem_bytes"] for r in rs],
-            mode="markers", name=f"{impl} {phase}",
-            marker={"symbol": ["circle-open" if r["calibrated"] else "circle" for r in rs]},
-            text=[f"S={r['seq_len']} ratio {r['mem_ratio']:.3f}" for r in rs]))  # fmt: skip
-    fig.update_layout(title="Peak memory above inputs: model vs measured",
-                      xaxis={"title": "measured (bytes)", "type": "log"},
-                      yaxis={"title": "predicted (bytes)", "type": "log"})  # fmt: skip
-    return fig
+        groups.setdefault((str(r["phase"]), str(r["impl"])), []).append(r)
+    for (phase, impl), rs in sorted(groups.items()):
+        style = impl_style(impl)
+        symbols = [hollow(style["symbol"]) if r.get("calibrated") else style["symbol"] for r in rs]
+        spec.add({
+            "x": floats(r["measured_mem_bytes"] for r in rs),
+            "y": floats(r["predicted_mem_bytes"] for r in rs), "mode": "markers", "name": impl,
+            "legendgroup": impl, "customdata": floats(r["mem_ratio"] for r in rs),
+            "marker": {"color": style["color"], "symbol": symbols, "size": 9,
+                       "line": {"width": 1.5, "color": style["color"]}},
+            "text": [esc(r.get("case") or f"S={r.get('seq_len')}")
+                     + ("<br>calibrated here" if r.get("calibrated") else "") for r in rs],
+            "hovertemplate": template(f"{impl} · {phase}", [
+                ("measured", "%{x:.4s}B"), ("predicted", "%{y:.4s}B"),
+                ("predicted / measured", "%{customdata:.3f}")]),
+            "meta": {"series": impl},
+        }, controls={"phase": phase}, legend_key=impl)  # fmt: skip
+    phases = sorted({phase for phase, _ in groups}, key=lambda p: (PHASE_ORDER.get(p, 9), p))
+    spec.control("phase", "phase", [{"value": p, "label": p} for p in phases])
+    return spec.to_dict()
 
 
 # Ring Attention (arXiv 2310.01889) Table 3: 7B max context on A100 80GB (tokens)
 PAPER_7B_A100 = {8: 256_000, 32: 4_096_000}
+PAPER_DEVICE = "A100-80GB"
 
 
 def projection_figure(model: str = "7b", impls: tuple[str, ...] | None = None,
-                      max_p: int = 4096):  # fmt: skip
-    """Max context (tokens) vs devices P = 1, 2, 4, ... max_p, log-log: one line per (named device,
-    implementation), and the paper's 7B A100 points."""
-    import plotly.graph_objects as go
-
+                      max_p: int = 4096) -> dict[str, Any]:  # fmt: skip
+    """Max context (tokens) vs devices P = 1, 2, 4, ... max_p, log-log: one line per
+    implementation in its fixed style (`MODEL_IMPL_STYLE`), a selector for the named device, and
+    the paper's 7B A100 points (on the A100's lines)."""
     from harness.model.devices import DEVICES
     from harness.model.projection import IMPLS, max_context, workload
     from harness.model.ring import world_sizes
 
     w = workload(model)
     ps = world_sizes(max_p)
-    fig = go.Figure()
+    title = f"Projection: max context of a {model} training step vs devices"
+    spec = FigureSpec(f"{title} ({next(iter(DEVICES))})", 480)
+    spec.grid([[""]], xtitle="devices P", ytitle="max context (tokens)")
     for dev in DEVICES.values():
+        controls = {"device": dev.name}
         for impl in impls or IMPLS:
+            style = impl_style(MODEL_IMPL_STYLE.get(impl, impl))
             ys = [max_context(impl, w, dev, p) or None for p in ps]  # 0 does not fit: no log
-            fig.add_trace(
-                go.Scatter(
-                    x=ps,
-                    y=ys,
-                    mode="lines",
-                    name=f"{dev.name} {impl}",
-                    line={"dash": "solid" if impl == "ring" else "dot"},
-                )
-            )
-    if model == "7b":
-        fig.add_trace(go.Scatter(x=list(PAPER_7B_A100), y=list(PAPER_7B_A100.values()),
-                                 mode="markers", marker={"symbol": "x", "size": 10},
-                                 name="paper: 7B, A100 (ring)"))  # fmt: skip
-    fig.update_layout(title=f"Projection: max context of a {model} training step vs devices",
-                      xaxis={"title": "devices P", "type": "log"},
-                      yaxis={"title": "max context (tokens)", "type": "log"})  # fmt: skip
-    return fig
+            spec.add({
+                "x": list(ps), "y": floats(ys), "mode": "lines+markers", "name": impl,
+                "legendgroup": impl, "line": {"color": style["color"], "dash": style["dash"],
+                                              "width": 2},
+                "marker": {"color": style["color"], "symbol": style["symbol"], "size": 6},
+                "text": [esc(f"{impl} · {p} × {dev.name}") for p in ps],
+                "hovertemplate": template(f"projected, {model}", [("max context", "%{y:.4s}")]),
+                "meta": {"series": impl},
+            }, controls=controls, legend_key=impl)  # fmt: skip
+        if model == "7b" and dev.name == PAPER_DEVICE:
+            name = f"paper: 7B, {PAPER_DEVICE} (ring)"
+            spec.add({
+                "x": list(PAPER_7B_A100), "y": floats(PAPER_7B_A100.values()), "mode": "markers",
+                "name": name, "legendgroup": name,
+                "marker": {"symbol": "x", "size": 11, "color": impl_color("ring"),
+                           "line": {"width": 1, "color": "#333"}},
+                "text": [esc(f"paper · ring · {p} × A100 80GB") for p in PAPER_7B_A100],
+                "hovertemplate": template("reported (arXiv 2310.01889 Table 3)",
+                                          [("max context", "%{y:.4s}")]),
+            }, role="paper", controls=controls, legend_key=name)  # fmt: skip
+    stagger_coinciding(spec.data, base_size=6, decades=0.02)  # memeff and bpt: within ~2%
+    spec.update_axes("x", tickvals=list(ps), ticktext=[str(p) for p in ps])
+    spec.control("device", "device", [
+        {"value": name, "label": name, "relayout": {"title.text": esc(f"{title} ({name})")}}
+        for name in DEVICES
+    ])  # fmt: skip
+    return spec.to_dict()
 
 
 def model_records(rows: pd.DataFrame) -> list[dict[str, Any]]:
@@ -146,22 +189,19 @@ def _missing(value: Any) -> bool:
 def model_section(data: Any):
     """The report's analytic-model section: predicted vs measured memory, and the projection.
     None when no row has a measured peak the model can price."""
-    from harness.report.adopted import adopt
     from harness.report.sections import Section
 
     if data.rows.empty or "peak_mem_above_inputs_bytes" not in data.rows.columns:
         return None
     records = [r for r in model_records(data.rows) if r.get("mem_ratio")]
-    if not records:
+    figure = predicted_vs_measured_figure(records)
+    if figure is None:
         return None
-    return Section("model", "Analytic model", [adopt(predicted_vs_measured_figure(records)),
-                                               copy.deepcopy(_projection_spec())],
+    return Section("model", "Analytic model", [figure, copy.deepcopy(_projection_spec())],
                    MODEL_NOTE)  # fmt: skip
 
 
 @functools.lru_cache(maxsize=1)
 def _projection_spec() -> dict[str, Any]:
     """The projection figure depends on no run: drawn once per process (each page gets a copy)."""
-    from harness.report.adopted import adopt
-
-    return adopt(projection_figure())
+    return projection_figure()

@@ -5,6 +5,11 @@ varies are selectors above the figure.
 Throughput is inversely proportional to time, so the band of a point is its value scaled by
 median/p80 (slow end) and median/p20 (fast end). A NaN or infinite time or throughput is no point
 (the table shows it); a band is drawn only where every edge is finite.
+
+Rows on P > 1 devices (`world_size`: ring and its peers) are their own lines, named "ring P=2":
+their FLOPs and tokens are the whole sequence's over the slowest rank's time, the throughput of
+all P devices together, so they share the axes honestly once the name says P. They take the
+`multi_device` role (bands `multi_device_band`); `line` stays the single-device lines.
 """
 
 from __future__ import annotations
@@ -41,14 +46,21 @@ METRICS = {"tflops": "TFLOP/s", "tokens_per_s": "tokens/s"}
 # the FLOP/s unit of a figure: TFLOP/s when its median row reaches 1 TFLOP/s, else GFLOP/s (a CPU
 # run reads 50 GFLOP/s, not 0.05 TFLOP/s); the metric's control value stays "tflops"
 FLOP_UNITS = (("TFLOP/s", 1.0), ("GFLOP/s", 1e3))
-PLOTTED = ("seq_len", "dtype", "causal", "phase")
+PLOTTED = ("seq_len", "dtype", "causal", "phase", "world_size")  # P: part of the line's name
 FACET_COLS = ("dtype", "causal")
 KEYS = ["phase", "dtype", "causal", "slice", "series"]
 
 
-def single_device_ok(rows: pd.DataFrame) -> pd.DataFrame:
-    sel = rows[(rows["status"] == "ok") & (rows["world_size"] == 1)]
-    return sel[finite(sel["seq_len"]) & finite(sel["time_ms_median"])]
+def plotted_ok(rows: pd.DataFrame) -> pd.DataFrame:
+    """The ok rows the figure draws: every device count, each with a finite length and time."""
+    sel = rows[rows["status"] == "ok"]
+    return sel[finite(sel["seq_len"]) & finite(sel["time_ms_median"]) & finite(sel["world_size"])]
+
+
+def _devices_suffix(world_size: pd.Series) -> pd.Series:
+    """' P=2' for a row on P > 1 devices, '' for one device."""
+    p = world_size.astype(int)
+    return (" P=" + p.astype(str)).where(p > 1, "")
 
 
 def _title(label: str) -> str:
@@ -78,14 +90,17 @@ def _y_axes(spec: FigureSpec, ok: pd.DataFrame, metric: str,
 
 
 def throughput_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
-    ok = single_device_ok(rows)
+    ok = plotted_ok(rows)
     if ok.empty:
         return None
     flop_label, factor = flop_unit(ok["tflops"])
     labels = {**METRICS, "tflops": flop_label}
     ok = ok.assign(tflops=ok["tflops"] * factor)
     ok, slice_axes = with_lines_and_slices(ok.sort_values("seq_len", kind="stable"), PLOTTED)
-    extra: dict[str, pd.Series] = {"text": noisy_text(ok, case_text(ok)), "noisy": ok["noisy"]}
+    multi = ok["world_size"].astype(int) > 1
+    ok = ok.assign(series=ok["series"] + _devices_suffix(ok["world_size"]))
+    extra: dict[str, pd.Series] = {"text": noisy_text(ok, case_text(ok)), "noisy": ok["noisy"],
+                                   "multi": multi}  # fmt: skip
     for metric in METRICS:
         extra[f"lo_{metric}"] = ok[metric] * ok["time_ms_median"] / ok["time_ms_p80"]
         extra[f"hi_{metric}"] = ok[metric] * ok["time_ms_median"] / ok["time_ms_p20"]
@@ -100,6 +115,7 @@ def throughput_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
     for (phase, dtype, causal, slice_, name), g in grouped(ok, KEYS, columns):
         c = col_of[(dtype, causal)]
         style = styles[name]
+        role = "multi_device" if g["multi"][0] else "line"
         for metric, label in labels.items():
             has = finite(g[metric])
             if not has.any():
@@ -112,7 +128,8 @@ def throughput_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
                     "x": xs + xs[::-1], "y": floats(hi) + floats(lo)[::-1], "fill": "toself",
                     "fillcolor": style["color"], "opacity": 0.15, "line": {"width": 0},
                     "hoverinfo": "skip", "showlegend": False, "legendgroup": name, "mode": "lines",
-                }, 1, c, role="band", controls=controls)  # fmt: skip
+                }, 1, c, role="band" if role == "line" else f"{role}_band",
+                   controls=controls)  # fmt: skip
             marker = point_marker(g["noisy"][has], 7, style["symbol"])
             spec.add({
                 "x": xs, "y": floats(g[metric][has]), "mode": "lines+markers", "name": name,
@@ -122,7 +139,7 @@ def throughput_figure(rows: pd.DataFrame) -> dict[str, Any] | None:
                 "hovertemplate": template(f"{name} · {phase}", [
                     (label, "%{y:.4g}"), ("time (ms)", "%{customdata:.4g}")]),
                 "meta": {"series": name},
-            }, 1, c, controls=controls, legend_key=name)  # fmt: skip
+            }, 1, c, role=role, controls=controls, legend_key=name)  # fmt: skip
     stagger_coinciding(spec.data)
     spec.control("phase", "phase", phase_options(ok))
     y_axes = {m: _y_axes(spec, ok, m, label) for m, label in labels.items()}
@@ -143,5 +160,7 @@ build = figure_section(
     "Higher is better. Shaded bands span the p20–p80 of the timing samples. FLOPs "
     "follow harness/measure/flops.py: 4·B·H·Sq·Sk·D forward over the pairs the mask attends "
     "(2·B·H·pairs·(D + D_v) when head_dim_v differs); backward 2.5×, forward+backward 3.5×. "
-    "A hollow point is a noisy row: its samples spread or drift (the hover says how).",
+    "A hollow point is a noisy row: its samples spread or drift (the hover says how). A line "
+    'named like "ring P=2" is a run on P devices (world_size P): the whole sequence\'s FLOPs '
+    "and tokens over the slowest rank's time, i.e. the throughput of all P devices together.",
 )

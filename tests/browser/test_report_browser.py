@@ -113,7 +113,9 @@ def test_5000_rows_render_fast_and_small(open_report, tmp_path):
     run = write_synthetic_run(tmp_path, 5000)
     path = write_report([run], tmp_path / "report.html")
     size = path.stat().st_size
-    assert size < 10 * 2**20, f"{size / 2**20:.1f} MiB"
+    # 11 MiB: ~3/8 of these rows run on P = 2/4/8 devices, drawn as their own throughput lines
+    # since the report stopped dropping them (~0.75 MiB of the 10.5).
+    assert size < 11 * 2**20, f"{size / 2**20:.1f} MiB"
     # Rendering = our script: parse the embedded data, build the table, draw every figure. The
     # navigation-to-ready time adds parsing plotly.js itself (4.8 MB, the same for a 10-row run),
     # which on a busy 2-core machine alone can take 2-3 s; it is printed, not asserted.
