@@ -37,6 +37,9 @@ print(json.dumps(peaks))
 """
 
 
+# ~11 s (S up to 4096 with backward); by default the growth law (blockwise linear, naive
+# quadratic) is test_memory_growth.py::test_naive_quadratic_chunked_linear
+@pytest.mark.slow
 @pytest.mark.skipif(not cpu_peak_supported(), reason="/proc/self/clear_refs is not writable")
 def test_bpt_peak_memory_grows_linearly_naive_quadratically() -> None:
     env = {**os.environ, **MALLOC_ENV, "PYTHONPATH": str(ROOT)}

@@ -90,7 +90,12 @@ def test_setup_then_join_installs_every_wheel_into_one_tree(tmp_path):
 
 def test_join_refuses_a_damaged_half(tmp_path):
     _split(tmp_path, _tiny_wheel(tmp_path / WHEEL), corrupt=True)
-    assert _step(tmp_path, "setup").returncode == 0
+    # the stash as `setup` leaves it (the first part kept; setup itself, with its torch import
+    # and `harness list`, ~8 s: test_setup_then_join_installs_every_wheel_into_one_tree)
+    (tmp_path / "stash").mkdir()
+    (tmp_path / "stash" / f"{WHEEL}.part1").write_bytes(
+        (tmp_path / "whl" / f"{WHEEL}.part1").read_bytes()
+    )
     joined = _step(tmp_path, "join")
     assert joined.returncode != 0 and "FAILED" in joined.stdout
     assert not (tmp_path / "site" / "shared_ns").exists()

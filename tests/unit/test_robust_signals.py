@@ -142,8 +142,11 @@ def _assert_complete(run: _Run, kept: list[dict]) -> None:
 
 
 # each starts a run and a resume: ~14 s on an idle 2-core machine; Ctrl-C has its own test below
-# SIGHUP takes SIGTERM's path (interrupt.py); it runs with -m slow to keep the default run short
-@pytest.mark.parametrize("how,code", [("SIGTERM", 143),
+# SIGTERM and SIGHUP take SIGINT's path (one handler, interrupt.py): they run with -m slow; by
+# default test_ctrl_c_twice_stops_at_once_says_how_to_resume_and_that_finishes covers that path
+# (workers gone, 128 + N, the "stopped by" line, the resume) and
+# test_ring_ranks_die_with_their_worker[SIGTERM-143] SIGTERM to the runner alone
+@pytest.mark.parametrize("how,code", [pytest.param("SIGTERM", 143, marks=pytest.mark.slow),
                                       pytest.param("SIGHUP", 129, marks=pytest.mark.slow),
                                       ("SIGKILL", -9)])  # fmt: skip
 def test_a_signal_ends_every_worker_at_once_and_the_run_resumes(how, code, plugin_site, tmp_path):
