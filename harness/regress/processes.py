@@ -53,14 +53,17 @@ class ProcessStats:
                 f"{self.ci_high:.3g}]")  # fmt: skip
 
 
+def _positive_finite(value: Any) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value) and value > 0)  # fmt: skip
+
+
 def per_process(row: dict[str, Any]) -> list[float] | None:
     """The row's positive, finite per-process medians; None when it has none."""
     values = row.get(PER_PROCESS)
     if not isinstance(values, list | tuple):
         return None
-    out = [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
-    out = [v for v in out if math.isfinite(v) and v > 0]
-    return out or None
+    return [float(v) for v in values if _positive_finite(v)] or None
 
 
 def process_stats(base: Sequence[float], cand: Sequence[float], *, alpha: float
@@ -68,23 +71,32 @@ def process_stats(base: Sequence[float], cand: Sequence[float], *, alpha: float
     """Welch's t-test of log(cand) against log(base) per-process medians; None with fewer than
     MIN_PROCESSES positive values on a side. Two sides whose processes agree exactly on each side
     (zero variance) are told apart by their means alone: p 0 or 1, a point interval."""
+    import warnings
+
     from scipy import stats
 
-    lb = np.log(np.asarray([x for x in base if x > 0], dtype=float))
-    lc = np.log(np.asarray([x for x in cand if x > 0], dtype=float))
+    def logs(values: Sequence[float]) -> np.ndarray:
+        kept = [float(x) for x in values if _positive_finite(x)]
+        return np.log(np.asarray(kept, dtype=float))
+
+    lb, lc = logs(base), logs(cand)
     if min(len(lb), len(lc)) < MIN_PROCESSES:
         return None
     diff = float(lc.mean() - lb.mean())
-    if lb.var() == 0 and lc.var() == 0:  # the t statistic is undefined; the means decide
+    if np.ptp(lb) == 0 and np.ptp(lc) == 0:  # the t statistic is undefined; the means decide
         p_slower = 0.0 if diff > 0 else 1.0
         p_faster = 0.0 if diff < 0 else 1.0
         lo = hi = diff
     else:
-        slower = stats.ttest_ind(lc, lb, equal_var=False, alternative="greater")
-        faster = stats.ttest_ind(lc, lb, equal_var=False, alternative="less")
-        ci = stats.ttest_ind(lc, lb, equal_var=False).confidence_interval(1 - alpha)
+        with warnings.catch_warnings():  # one constant side: scipy warns of lost precision
+            warnings.simplefilter("ignore")
+            slower = stats.ttest_ind(lc, lb, equal_var=False, alternative="greater")
+            faster = stats.ttest_ind(lc, lb, equal_var=False, alternative="less")
+            ci = stats.ttest_ind(lc, lb, equal_var=False).confidence_interval(1 - alpha)
         p_slower, p_faster = float(slower.pvalue), float(faster.pvalue)
         lo, hi = float(ci.low), float(ci.high)
+        if not all(map(math.isfinite, (p_slower, p_faster, lo, hi))):
+            return None  # no usable evidence: judged on the pooled samples alone
     return ProcessStats(math.exp(diff), math.exp(lo), math.exp(hi), p_slower, p_faster,
                         len(lb), len(lc))  # fmt: skip
 

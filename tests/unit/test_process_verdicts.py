@@ -114,3 +114,34 @@ def test_suite_warning_counts_samples_of_every_process(min_repeats, processes, w
     assert bool(lines) == warned
     if warned and processes > 1:
         assert "timing.processes (2)" in lines[0] and "to 3" in lines[0]
+
+
+def test_constant_or_non_finite_processes_give_no_bogus_evidence():
+    """Review findings: identical processes on both sides whose logs do not average to exactly
+    the same float, a side with inf, and a non-number in a hand-edited row."""
+    same = process_stats([10.0] * 6, [10.0] * 6, alpha=0.05)
+    assert same.p_slower == same.p_faster == 1.0 and same.ratio == 1.0
+    kept = process_stats([10.0, 10.1, 9.9], [10.0, 11.0, 12.0, float("inf")], alpha=0.05)
+    assert kept.num_cand == 3 and math.isfinite(kept.p_slower)
+
+
+def test_common_shift_with_a_non_number_in_the_per_process_list(tmp_path):
+    rows_b = [ok_row(case=f"{CASE}-{i:02d}") | {PER_PROCESS: [10.0, 10.1, 9.9]} for i in range(9)]
+    rows_c = [ok_row(case=f"{CASE}-{i:02d}") | {PER_PROCESS: [10.0, None, 9.9, 10.2]}
+              for i in range(9)]  # fmt: skip
+    res = compare_paths(make_run(tmp_path / "b", rows_b), make_run(tmp_path / "c", rows_c),
+                        common_shift=True)  # fmt: skip
+    assert {r.verdict for r in res.rows} == {"unchanged"}
+
+
+def test_one_side_without_processes_says_the_test_was_unavailable():
+    from harness.regress.compare import Side, judge
+    from harness.suite import CompareSettings
+
+    base = ok_row(time_ms=[10.0 + 0.01 * i for i in range(24)])
+    cand = ok_row(time_ms=[12.0 + 0.01 * i for i in range(24)]) | {
+        PER_PROCESS: [11.0, 12.0, 13.0, 12.5, 11.5, 12.2]}  # fmt: skip
+    res = judge(Side(base, base["time_samples_ms"]), Side(cand, cand["time_samples_ms"]),
+                CompareSettings())  # fmt: skip
+    assert res.process is None
+    assert any("per-process test unavailable (baseline 0, candidate 6" in n for n in res.notes)
