@@ -6,7 +6,7 @@ figure (the throughput figure), in headless Chromium driven by Playwright with t
     .venv/bin/harness run suites/long_ctx.yaml --out /tmp/shot      # on a quiet machine
     .venv/bin/python scripts/readme_screenshot.py /tmp/shot/<run>/report.html [docs/report.png]
 
-Needs `playwright` (the `browser` extra) and Debian's chromium (`make browser`).
+Needs `playwright` (the `test` extra: `make install`) and Debian's chromium (`make browser`).
 """
 
 from __future__ import annotations
