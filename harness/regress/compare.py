@@ -435,13 +435,7 @@ def _judge_time(res: RowResult, stats_: TimeStats, s: CompareSettings, what: str
         return
     slower = stats_.ratio >= 1
     p_raw = stats_.p_slower if slower else stats_.p_faster
-    proc = _process_stats(rows, s)
-    if proc is None and rows is not None:
-        counts = [len(per_process(r) or ()) for r in rows]
-        if max(counts) > 1 and min(counts) < 2:  # one side's processes cannot be compared
-            res.notes.append(f"{what}: per-process test unavailable (baseline {counts[0]}, "
-                             f"candidate {counts[1]} processes): judged on pooled samples "
-                             "alone; re-promote the baseline at the suite's processes")  # fmt: skip
+    proc = _process_stats(res, rows, s, what)
     if proc is not None:
         res.process = proc
         p_proc = proc.p_slower if slower else proc.p_faster
@@ -486,13 +480,21 @@ def _judge_time(res: RowResult, stats_: TimeStats, s: CompareSettings, what: str
         res.notes.append(f"improved: {what} {pct:+.1f}% ({p_txt}{ci_txt})")
 
 
-def _process_stats(rows: tuple[dict[str, Any], dict[str, Any]] | None, s: CompareSettings
-                   ) -> ProcessStats | None:  # fmt: skip
-    """The per-process test when both rows hold enough per-process medians, else None."""
+def _process_stats(res: RowResult, rows: tuple[dict[str, Any], dict[str, Any]] | None,
+                   s: CompareSettings, what: str) -> ProcessStats | None:  # fmt: skip
+    """The per-process test when both rows hold enough per-process medians, else None; when only
+    one side has several processes, a note on `res` says the test was unavailable."""
     if rows is None:
         return None
-    pb, pc = per_process(rows[0]), per_process(rows[1])
-    return process_stats(pb, pc, alpha=s.alpha) if pb and pc else None
+    pb, pc = per_process(rows[0]) or [], per_process(rows[1]) or []
+    if min(len(pb), len(pc)) > 1:
+        return process_stats(pb, pc, alpha=s.alpha)
+    nb, nc = len(pb), len(pc)
+    if max(nb, nc) > 1:  # one side's processes cannot be compared with the other's
+        res.notes.append(f"{what}: per-process test unavailable (baseline {nb}, candidate {nc} "
+                         "processes): judged on pooled samples alone; re-promote the baseline "
+                         "at the suite's processes")  # fmt: skip
+    return None
 
 
 def _judge_memory(res: RowResult, b: dict[str, Any], c: dict[str, Any], s: CompareSettings) -> None:
