@@ -6,6 +6,7 @@
 #   setup                      stash and install .whl/'s wheels, keep the first parts of split ones,
 #                              print the machine, torch and what the harness can run there
 #   join                       join the parts carried in .whl2/, check them, install every wheel
+#                              (on a machine gone cold: .whl2/'s whole wheels, and says what is lost)
 #   run SUITE PROFILE [ARGS]   run (or resume) SUITE's PROFILE (- for none) for at most BUDGET_S
 #                              seconds, then pack the run directory into $OUT/<suite>-<profile>.tgz
 set -euo pipefail
@@ -58,8 +59,15 @@ case "${1:-}" in
     "$PY" -c "import torch; print('torch', torch.__version__, torch.version.cuda)"
     "$PY" -m harness list ;;
   join)
+    mkdir -p "$SITE" "$STASH"
+    wheels=("$WHL2"/*.whl)
+    [ ${#wheels[@]} -eq 0 ] || cp "${wheels[@]}" "$STASH"/
     for part2 in "$WHL2"/*.part2; do
       name=$(basename "$part2" .part2)
+      if [ ! -f "$STASH/$name.part1" ]; then  # a fresh machine: setup's half went with the old one
+        echo "no first part of $name (the machine went cold after setup): not installed"
+        continue
+      fi
       cat "$STASH/$name.part1" "$part2" > "$STASH/$name.joining"
       echo "$(cat "$WHL2/$name.sha256")  $STASH/$name.joining" | sha256sum -c -
       mv "$STASH/$name.joining" "$STASH/$name"

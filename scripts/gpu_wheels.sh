@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Fetch, on a machine with PyPI, the wheels a GPU machine without network needs for the backends
 # this harness adapts, sized for the device tool's 64 MiB carry: .whl/ (the small wheels and the
-# first 36 MiB of the 92 MB CUTLASS-DSL library wheel) for one call, .whl2/ (the rest) for the
-# next. The targets are the device image: CPython 3.12, x86-64, CUDA 13, torch 2.11 already there.
+# first 36 MiB of the 92 MB CUTLASS-DSL library wheel) for one call, .whl2/ (the rest, and
+# the harness's own dependencies again) for the next. The targets are the device image: CPython 3.12, x86-64, CUDA 13, torch 2.11 already there.
 # Versions are pinned to the ones whose APIs the adapters were checked against.
 # Usage: bash scripts/gpu_wheels.sh        (then see docs/gpu_baseline.md)
 set -euo pipefail
@@ -35,4 +35,7 @@ for big in $(find .whl -name '*.whl' -size +40M); do
   sha256sum "$big" | cut -d' ' -f1 > ".whl2/$name.sha256"
   rm "$big"
 done
+# The harness's own dependencies travel in both carries: if the machine went cold between the
+# two calls, the second still runs every backend but FlashAttention-4.
+cp .whl/pydantic*.whl .whl/annotated_types*.whl .whl/typing_*.whl .whl2/
 du -sh .whl .whl2
