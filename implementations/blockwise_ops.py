@@ -259,9 +259,10 @@ def _fused_bwd(kind: str, dout, q, k, v, out, lse, *, scale: float, causal: bool
         )
     seed = torch.zeros((), dtype=torch.int64, device=q.device)
     if kind == "cuda_flash":
-        empty = torch.empty(0, device=q.device)
+        # cum_seq_q/k as the dense forward returns them: None (an undefined tensor); any defined
+        # tensor there selects the varlen kernel, which wants int32 offsets
         return _aten._scaled_dot_product_flash_attention_backward(
-            dout, q, k, v, out, lse.contiguous(), empty, empty, q.shape[-2], k.shape[-2], 0.0,
+            dout, q, k, v, out, lse.contiguous(), None, None, q.shape[-2], k.shape[-2], 0.0,
             causal, seed, seed, scale=scale,
         )  # fmt: skip
     grads = _aten._scaled_dot_product_efficient_attention_backward(
