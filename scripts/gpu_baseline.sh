@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 18's GPU baseline as two device-tool calls, back to back (docs/gpu_baseline.md):
 #   call 1 (carry .whl):  setup, the machine's facts, the fused backends of gpu_backends'
-#                         gpu-quick, the tests marked gpu, then long_ctx's gpu-slice
+#                         gpu-quick, the CUDA timing tests, then long_ctx's gpu-slice
 #   call 2 (carry .whl2): join FlashAttention-4's wheel, its rows and flex's, every
 #                         implementation's CUDA test, then whatever
 #                         call 1 left of both runs (each run resumes where it was cut)
@@ -54,8 +54,8 @@ case "$call" in
       python3 -c "import torch, triton; print(torch.__version__, torch.version.cuda,
         torch.backends.cudnn.version(), triton.__version__, torch.cuda.get_device_name())"'
     step backends 200 "${run[@]}" suites/gpu_backends.yaml gpu-quick "${fused[@]}" --fail-on none
-    step gpu-tests 100 python3 -m pytest -q -p no:cacheprovider -m gpu \
-      tests/unit/test_timing_cuda_fake.py tests/unit/test_flex.py
+    step timing-tests 60 python3 -m pytest -q -p no:cacheprovider -m gpu \
+      tests/unit/test_timing_cuda_fake.py
     step long_ctx 600 "${run[@]}" suites/long_ctx.yaml gpu-slice --fail-on none
     ;;
   2)
@@ -63,7 +63,7 @@ case "$call" in
     step backends-fa4-flex 240 "${run[@]}" suites/gpu_backends.yaml gpu-quick \
       --impl flash_attn4 --impl flex --fail-on none
     step cuda-tests 150 python3 -m pytest -q -p no:cacheprovider -m gpu -rs --durations=8 \
-      tests/unit/test_cuda_correctness.py
+      tests/unit/test_cuda_correctness.py tests/unit/test_flex.py
     step long_ctx 600 "${run[@]}" suites/long_ctx.yaml gpu-slice --fail-on none
     step backends 600 "${run[@]}" suites/gpu_backends.yaml gpu-quick --fail-on none
     ;;
