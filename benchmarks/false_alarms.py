@@ -7,8 +7,10 @@ HARNESS_TEST_SLOWDOWN makes one implementation's timed calls (1 + f)× slower
 hold the between-process variance that separates two nights. Every candidate is judged by
 `harness compare`'s rule (harness/regress/compare.py) against its pair's baseline.
 
-Targets (issue 14): 0 rows flagged over all null pairs; a 10% slowdown flagged (≥ 1 of the slowed
-implementation's rows a `regression`) in ≥ 4 of 5 pairs; a 3% slowdown flagged in at most 1.
+Targets (issue 14): 0 rows flagged over all null pairs; a 10% slowdown flagged (the slowed
+implementation's verdict, or ≥ 1 of its rows, a `regression`) in ≥ 4 of 5 pairs; a 3% slowdown
+flagged in at most 1. Flagged counts rows and implementations (harness/regress/implementations.py)
+alike.
 
     .venv/bin/python benchmarks/false_alarms.py [--pairs 5] [--impl sdpa_math] \
         [--slowdowns 0.10,0.03] [--suite suites/nightly.yaml] [--work /tmp/false_alarms]
@@ -48,6 +50,8 @@ def _run(suite: str, out: Path, env_extra: dict[str, str], reuse: bool) -> Path:
 
 def _judge(base: Path, cand: Path, impl: str | None, pooled_only: bool = False
            ) -> tuple[Counter, list[str], int]:  # fmt: skip
+    """(row verdict counts, every flagged row and implementation, whether `impl` was caught:
+    its implementation verdict or one of its rows a `regression`)."""
     b, c = load_run(base), load_run(cand)
     if pooled_only:
         for run in (b, c):
@@ -57,8 +61,11 @@ def _judge(base: Path, cand: Path, impl: str | None, pooled_only: bool = False
     verdicts = Counter(r.verdict for r in comparison.rows)
     flagged = [f"{r.impl} {r.case} {r.phase}: {r.verdict} ({'; '.join(r.reasons or r.notes[:1])})"
                for r in comparison.rows if r.verdict in FLAGGED]  # fmt: skip
-    slowed_hits = sum(1 for r in comparison.rows if r.impl == impl and r.verdict == "regression")
-    return verdicts, flagged, slowed_hits
+    flagged += [f"{r.impl} (implementation): {r.verdict} ({r.reason})"
+                for r in comparison.implementations if r.verdict != "unchanged"]  # fmt: skip
+    caught = any(r.impl == impl and r.verdict == "regression" for r in comparison.rows)
+    caught |= any(r.impl == impl and r.verdict == "regression" for r in comparison.implementations)
+    return verdicts, flagged, int(caught)
 
 
 def main() -> None:
@@ -96,13 +103,16 @@ def main() -> None:
             print(f"pair {i} null: {dict(verdicts)}", *(f"  FLAGGED {f}" for f in flagged),
                   sep="\n")  # fmt: skip
             for f, slow in slowed.items():
-                verdicts, flagged, n_hit = _judge(base, slow, args.impl, pooled_only)
+                verdicts, flagged, caught = _judge(base, slow, args.impl, pooled_only)
+                mine = [x for x in flagged if x.startswith(f"{args.impl} ")]
                 others = [x for x in flagged if not x.startswith(f"{args.impl} ")]
-                hits[f] += n_hit > 0
-                print(f"pair {i} +{f:.0%} {args.impl}: {n_hit} of its rows flagged regression; "
-                      f"other rows flagged: {len(others)}", *(f"  FLAGGED {x}" for x in others),
+                hits[f] += caught
+                print(f"pair {i} +{f:.0%} {args.impl}: {'caught' if caught else 'missed'}; "
+                      f"other rows/implementations flagged: {len(others)}",
+                      *(f"  HIT {x}" for x in mine), *(f"  FLAGGED {x}" for x in others),
                       sep="\n")  # fmt: skip
-        line = (f"{rule}: null pairs {null_flags} rows flagged ({null_regressions} regressions) "
+        line = (f"{rule}: null pairs {null_flags} rows/implementations flagged "
+                f"({null_regressions} regressions) "
                 f"in {args.pairs} pairs (target 0); ")  # fmt: skip
         line += "; ".join(f"+{f:.0%} on {args.impl} flagged in {hits[f]} of {args.pairs} pairs"
                           for f in slowdowns)  # fmt: skip

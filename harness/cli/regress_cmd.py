@@ -18,6 +18,9 @@ def compare_cmd(
     baseline: Path = typer.Argument(..., help="baseline run directory"),
     candidate: Path = typer.Argument(..., help="candidate run directory"),
     time_tol: float = typer.Option(None, "--time-tol", help="time effect threshold [0.10]"),
+    impl_tol: float = typer.Option(
+        None, "--impl-tol", help="an implementation's effect threshold, all rows together [0.05]"
+    ),
     mem_tol: float = typer.Option(None, "--mem-tol", help="peak-memory tolerance [0.02]"),
     err_factor: float = typer.Option(None, "--err-factor", help="error ratio limit [2.0]"),
     alpha: float = typer.Option(None, "--alpha", help="significance level [0.05]"),
@@ -39,11 +42,12 @@ def compare_cmd(
     import json
 
     from harness.regress.compare import compare_paths
-    from harness.regress.render import markdown, table
+    from harness.regress.render import impl_table, markdown, table
 
     try:
         check_output_paths({"--json": json_path, "--markdown": md_path})
-        result = compare_paths(baseline, candidate, time_tol=time_tol, mem_tol=mem_tol,
+        result = compare_paths(baseline, candidate, time_tol=time_tol, impl_tol=impl_tol,
+                               mem_tol=mem_tol,
                                err_factor=err_factor, alpha=alpha, min_samples=min_samples,
                                normalize_to=normalize_to, common_shift=common_shift)  # fmt: skip
     except HarnessError as exc:
@@ -51,6 +55,8 @@ def compare_cmd(
     for warning in result.warnings:
         say(f"note: {warning}")
     out.print(table(result, show_all=show_all))
+    if (impls := impl_table(result)) is not None:
+        out.print(impls)
     if json_path is not None:  # strings verbatim: reasons quote rows as they are
         write_text_atomic(json_path, json.dumps(result.to_dict(), indent=2, default=str,
                                                 ensure_ascii=False))  # fmt: skip

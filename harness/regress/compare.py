@@ -26,6 +26,12 @@ samples are divided by the run-wide shift, the median over rows of the two runs'
 what moved every row alike (a shared VM's speed from night to night) cancels and a row that moved
 on its own stands out; the shift is reported, and flagged when beyond time_tol.
 
+Rows timed in several processes are also judged per implementation (harness/regress/
+implementations.py): a kernel that got slower moves all of its rows, and their per-process tests
+combined (Stouffer, Benjamini-Hochberg across implementations, effect beyond impl_tol) find a
+change that no single row shows with confidence. An implementation `regression` fails the
+comparison like a row's.
+
 This is the project's one regression rule. `judge` gives the verdict on one row (a baseline row and
 its samples against a candidate row and its samples); `compare` applies it to every row of two runs,
 `harness report --baseline` draws compare's verdicts and `harness history` judges each night with
@@ -47,6 +53,7 @@ import numpy as np
 from harness.errors import HarnessError, ResultsError
 from harness.measure.tolerance import FLOOR, Limit, naive_limit
 from harness.regress.baseline import describe, expected_keys
+from harness.regress.implementations import ImplResult, judge_implementations
 from harness.regress.processes import (
     PER_PROCESS,
     ProcessStats,
@@ -341,13 +348,19 @@ class Comparison:
     warnings: list[str]  # the first is the provenance line when provenance differs
     provenance: list[ProvenanceChange] = field(default_factory=list)
     common_shift: float | None = None  # the run-wide time shift removed (compare.common_shift)
+    # each implementation's rows judged together (empty without per-process medians)
+    implementations: list[ImplResult] = field(default_factory=list)
 
     def by_verdict(self, verdict: str) -> list[RowResult]:
         return [r for r in self.rows if r.verdict == verdict]
 
+    def impls_by_verdict(self, verdict: str) -> list[ImplResult]:
+        return [r for r in self.implementations if r.verdict == verdict]
+
     @property
     def failed(self) -> bool:
-        return any(r.verdict in ("regression", "missing") for r in self.rows)
+        return (any(r.verdict in ("regression", "missing") for r in self.rows)
+                or bool(self.impls_by_verdict("regression")))  # fmt: skip
 
     @property
     def exit_code(self) -> int:
@@ -368,6 +381,7 @@ class Comparison:
             "counts": self.counts(),
             "provenance_diff": [c.to_dict() for c in self.provenance],
             "common_shift": self.common_shift,
+            "implementations": [r.to_dict() for r in self.implementations],
             "warnings": self.warnings,
             "rows": [r.to_dict() for r in self.rows],
         }  # fmt: skip
@@ -800,7 +814,13 @@ def compare(baseline: Run, candidate: Run, settings: CompareSettings) -> Compari
     rows = [_compare_key(baseline, candidate, k, settings, same_device, shift=shift,
                          p_adjusted=adjusted.get(i)) for i, k in enumerate(keys)]  # fmt: skip
     rows.sort(key=_sort_key)
-    return Comparison(baseline, candidate, settings, rows, notes, changes, shift)
+    impls: list[ImplResult] = []
+    if ref is None:  # normalize_to rescales pooled samples only, not per-process medians
+        impls = judge_implementations(
+            ((r.impl, r.process) for r in rows if r.process is not None),
+            impl_tol=settings.impl_tol, alpha=settings.alpha, bh=bh_adjust,
+        )  # fmt: skip
+    return Comparison(baseline, candidate, settings, rows, notes, changes, shift, impls)
 
 
 def compare_paths(baseline: str | Path, candidate: str | Path, **overrides: Any) -> Comparison:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.regress.compare import Comparison, RowResult, TimeStats, provenance_line
+from harness.regress.implementations import ImplResult
 
 _SHOWN = ("regression", "missing", "changed", "ungated", "vanished", "new", "improvement")
 
@@ -58,6 +59,8 @@ def headline(cmp: Comparison) -> str:
     """The verdict in one line: regression or not, the two runs, the counts by verdict."""
     counts = ", ".join(f"{n} {v}" for v, n in cmp.counts().items())
     word = "REGRESSION" if cmp.failed else "no regression"
+    if moved := [f"{r.impl} {r.verdict}" for r in cmp.implementations if r.verdict != "unchanged"]:
+        word += f" (implementations: {', '.join(moved)})"
     if ungated := len(cmp.by_verdict("ungated")):
         word += f" ({ungated} rows not gated: too few samples, NaN or inf, or shared CPU cores)"
     return (f"{word}: {cmp.candidate.run_id} vs baseline {cmp.baseline.run_id} ({counts}; "
@@ -71,9 +74,36 @@ def thresholds(cmp: Comparison) -> str:
     return (
         f"time > +{s.time_tol:.0%} with Mann-Whitney p < {s.alpha:g} (Benjamini-Hochberg "
         f"adjusted across rows, >= {s.min_samples} samples) and a CI excluding 1{norm}; "
+        f"an implementation's rows together > +{s.impl_tol:.0%} with Stouffer p < {s.alpha:g} "
+        f"(BH across implementations); "
         f"memory > +{s.mem_tol:.0%} (and > {s.mem_floor_bytes} B); "  # fmt: skip
         f"error > {s.err_factor:g}x baseline or above the naive-low-precision rule"
     )
+
+
+IMPL_HEADERS = ["verdict", "impl", "rows", "median ratio", "Stouffer Z (slower)",
+                "BH-adjusted p", "why"]  # fmt: skip
+
+
+def impl_cells(r: ImplResult) -> list[str]:
+    return [r.verdict, r.impl, str(r.num_rows), f"{r.ratio:.3f}", f"{r.z_slower:+.2f}",
+            f"{r.p_adjusted:.3g}", r.reason]  # fmt: skip
+
+
+def impl_table(cmp: Comparison) -> Any:
+    """A rich Table of the implementation verdicts, or None when there are none."""
+    if not cmp.implementations:
+        return None
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(title=Text("implementations (all rows of each, judged together)"))
+    for h in IMPL_HEADERS:
+        t.add_column(Text(h), overflow="fold")
+    styles = {"regression": "bold red", "improvement": "green"}
+    for r in cmp.implementations:
+        t.add_row(*(Text(c) for c in impl_cells(r)), style=styles.get(r.verdict))
+    return t
 
 
 def table(cmp: Comparison, *, show_all: bool = False) -> Any:
@@ -109,6 +139,12 @@ def markdown(cmp: Comparison, *, show_all: bool = False, max_rows: int = 200) ->
     if other:
         lines += ["", "Notes: " + "; ".join(_md_escape(w) for w in other)]
     lines += ["", f"Thresholds: {thresholds(cmp)}.", ""]
+    if cmp.implementations:
+        lines.append("| " + " | ".join(IMPL_HEADERS) + " |")
+        lines.append("|" + "---|" * len(IMPL_HEADERS))
+        for r in cmp.implementations:
+            lines.append("| " + " | ".join(_md_escape(c) for c in impl_cells(r)) + " |")
+        lines.append("")
     rows = _visible(cmp, show_all)
     if not rows:
         lines.append("Every row is unchanged within the thresholds.")
