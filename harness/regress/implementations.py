@@ -21,7 +21,6 @@ needs them); an implementation with fewer than MIN_ROWS such rows is not judged 
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -30,7 +29,7 @@ from typing import Any, Literal
 from harness.regress.processes import ProcessStats
 
 MIN_ROWS = 3  # fewer rows: the row verdicts say all there is
-_P_FLOOR = 1e-300  # a Welch p of exactly 0 (constant sides) would give an infinite z
+_P_CLIP = 1e-15  # a Welch p of exactly 0 or 1 (constant sides) would give an infinite z
 
 ImplVerdict = Literal["regression", "improvement", "unchanged"]
 
@@ -58,13 +57,15 @@ class ImplResult:
 
 
 def stouffer_z(pvalues: Iterable[float]) -> float:
-    """Σ Φ⁻¹(1 - p) / √n over one-sided p-values (each clipped into (0, 1))."""
-    from scipy.stats import norm
+    """Σ Φ⁻¹(1 - p) / √n over one-sided p-values, each clipped into [1e-15, 1 - 1e-15] (|z| ≤ 7.9)
+    so that a p of 0 or 1 (constant sides) counts as strong, not infinite, evidence
+    (`scipy.stats.combine_pvalues(method="stouffer")`)."""
+    from scipy.stats import combine_pvalues
 
-    ps = [min(max(p, _P_FLOOR), 1 - 1e-16) for p in pvalues]
+    ps = [min(max(float(p), _P_CLIP), 1 - _P_CLIP) for p in pvalues]
     if not ps:
         raise ValueError("stouffer_z needs at least one p-value")
-    return float(sum(norm.isf(p) for p in ps) / math.sqrt(len(ps)))
+    return float(combine_pvalues(ps, method="stouffer").statistic)
 
 
 def judge_implementations(
