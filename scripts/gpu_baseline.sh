@@ -2,8 +2,8 @@
 # Issue 18's GPU baseline as two device-tool calls, back to back (docs/gpu_baseline.md):
 #   call 1 (carry .whl):  setup, the machine's facts, the fused backends of gpu_backends'
 #                         gpu-quick, the CUDA timing tests, then long_ctx's gpu-slice
-#   call 2 (carry .whl2): join FlashAttention-4's wheel, its rows and flex's, every
-#                         implementation's CUDA test, then whatever
+#   call 2 (carry .whl2): join FlashAttention-4's wheel, its rows and flex's, our timer against
+#                         triton's do_bench, every implementation's CUDA test, then whatever
 #                         call 1 left of both runs (each run resumes where it was cut)
 # Every step has its own budget inside the call's deadline (CALL_S, the call's timeout_s), logs
 # to $OUT/callN.log and packs its run into $OUT as it ends, so a call cut short still brings
@@ -62,6 +62,7 @@ case "$call" in
     step join 120 bash scripts/gpu_device.sh join
     step backends-fa4-flex 240 "${run[@]}" suites/gpu_backends.yaml gpu-quick \
       --impl flash_attn4 --impl flex --fail-on none
+    step timer-crosscheck 60 python3 benchmarks/timer_crosscheck.py --device cuda --rounds 2
     step cuda-tests 150 python3 -m pytest -q -p no:cacheprovider -m gpu -rs --durations=8 \
       tests/unit/test_cuda_correctness.py tests/unit/test_flex.py
     step long_ctx 600 "${run[@]}" suites/long_ctx.yaml gpu-slice --fail-on none
