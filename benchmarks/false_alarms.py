@@ -48,8 +48,8 @@ def _run(suite: str, out: Path, env_extra: dict[str, str], reuse: bool) -> Path:
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
-def _judge(base: Path, cand: Path, impl: str | None, pooled_only: bool = False
-           ) -> tuple[Counter, list[str], int]:  # fmt: skip
+def _judge(base: Path, cand: Path, impl: str | None, pooled_only: bool = False,
+           overrides: dict | None = None) -> tuple[Counter, list[str], int]:  # fmt: skip
     """(row verdict counts, every flagged row and implementation, whether `impl` was caught:
     its implementation verdict or one of its rows a `regression`)."""
     b, c = load_run(base), load_run(cand)
@@ -57,7 +57,7 @@ def _judge(base: Path, cand: Path, impl: str | None, pooled_only: bool = False
         for run in (b, c):
             for row in run.rows.values():
                 row.pop(PER_PROCESS, None)
-    comparison = compare(b, c, settings_for(c, {}))
+    comparison = compare(b, c, settings_for(c, overrides or {}))
     verdicts = Counter(r.verdict for r in comparison.rows)
     flagged = [f"{r.impl} {r.case} {r.phase}: {r.verdict} ({'; '.join(r.reasons or r.notes[:1])})"
                for r in comparison.rows if r.verdict in FLAGGED]  # fmt: skip
@@ -76,6 +76,12 @@ def main() -> None:
     ap.add_argument("--suite", default="suites/nightly.yaml")
     ap.add_argument("--work", type=Path, default=Path("/tmp/false_alarms"))
     ap.add_argument("--reuse", action="store_true")
+    ap.add_argument(
+        "--impl-tol",
+        type=float,
+        default=None,
+        help="judge with this impl_tol instead of the one each run's suite recorded",
+    )
     args = ap.parse_args()
     slowdowns = [float(s) for s in args.slowdowns.split(",") if s]
 
@@ -91,19 +97,20 @@ def main() -> None:
         print(f"pair {i}: {base.parent.parent}", flush=True)
 
     summary = []
+    over = {"impl_tol": args.impl_tol}
     for pooled_only in (False, True):
         rule = "pooled samples only (ablation)" if pooled_only else "compare as shipped"
         print(f"\n=== {rule} ===")
         null_flags = null_regressions = 0
         hits: dict[float, int] = dict.fromkeys(slowdowns, 0)
         for i, (base, null, slowed) in enumerate(pairs):
-            verdicts, flagged, _ = _judge(base, null, None, pooled_only)
+            verdicts, flagged, _ = _judge(base, null, None, pooled_only, over)
             null_flags += len(flagged)
             null_regressions += sum(": regression" in f for f in flagged)
             print(f"pair {i} null: {dict(verdicts)}", *(f"  FLAGGED {f}" for f in flagged),
                   sep="\n")  # fmt: skip
             for f, slow in slowed.items():
-                verdicts, flagged, caught = _judge(base, slow, args.impl, pooled_only)
+                verdicts, flagged, caught = _judge(base, slow, args.impl, pooled_only, over)
                 mine = [x for x in flagged if x.startswith(f"{args.impl} ")]
                 others = [x for x in flagged if not x.startswith(f"{args.impl} ")]
                 hits[f] += caught

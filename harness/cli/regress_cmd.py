@@ -19,7 +19,7 @@ def compare_cmd(
     candidate: Path = typer.Argument(..., help="candidate run directory"),
     time_tol: float = typer.Option(None, "--time-tol", help="time effect threshold [0.10]"),
     impl_tol: float = typer.Option(
-        None, "--impl-tol", help="an implementation's effect threshold, all rows together [0.05]"
+        None, "--impl-tol", help="an implementation's effect threshold, all rows together [0.065]"
     ),
     mem_tol: float = typer.Option(None, "--mem-tol", help="peak-memory tolerance [0.02]"),
     err_factor: float = typer.Option(None, "--err-factor", help="error ratio limit [2.0]"),
