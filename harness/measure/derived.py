@@ -14,6 +14,15 @@ by either of two rules, each named in `noise_note`:
 - drift: with at least 6 samples, the medians of the first and the last n//2 samples (in the order
   taken) differ by more than 5% of the median and by more than either half's own IQR: the times
   moved during the row (a step, a trend) rather than scattered around one level.
+
+A row timed in several processes (`timing.processes`, harness/run/rounds.py) is summarized by the
+median of its pooled samples, whose trust depends on how far the processes agree, not on the few
+samples of each: so with at least PROCESS_CI_MIN processes the row is `noisy` by one rule instead
+(`process_noise_fields`): the two-sided 95% Student-t interval of the geometric mean of its
+per-process medians is wider than ±10% (PROCESS_CI_SHARE). On the nightly CPU profile (6 processes
+of 4 samples) the IQR rule flagged 83% of the rows (the processes differ by ~6% sd), while the
+geometric mean is known to about ±6%; a process far off the others, or a bimodal row, widens the
+interval past the threshold.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ from harness.measure.timing import summarize_ms
 IQR_WARN_SHARE = 0.10  # torch.utils.benchmark.utils.common._IQR_WARN_THRESHOLD
 DRIFT_SHARE = 0.05
 DRIFT_MIN_SAMPLES = 6
+PROCESS_CI_MIN = 3  # processes; with 2, the pooled rules above (the drift rule sees them apart)
+PROCESS_CI_SHARE = 0.10
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -63,6 +74,29 @@ def noise_fields(samples_ms: list[float]) -> dict[str, Any]:
     if not notes:
         return {"noisy": False}
     return {"noisy": True, "noise_note": "; ".join(notes)}
+
+
+def process_noise_fields(medians_ms: list[float]) -> dict[str, Any]:
+    """`noisy` (and `noise_note`) of a row timed in PROCESS_CI_MIN or more processes: the 95%
+    Student-t interval of the geometric mean of its per-process medians (ms) wider than
+    ±PROCESS_CI_SHARE. Non-positive or non-finite medians make the row noisy."""
+    from scipy import stats
+
+    n = len(medians_ms)
+    if n < PROCESS_CI_MIN:
+        raise ValueError(f"process_noise_fields needs {PROCESS_CI_MIN}+ processes; got {n}")
+    if not all(math.isfinite(m) and m > 0 for m in medians_ms):
+        return {"noisy": True, "noise_note": "a process's median is not a positive number"}
+    logs = [math.log(m) for m in medians_ms]
+    mean = sum(logs) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / (n - 1))
+    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    share = max(math.exp(half) - 1, 1 - math.exp(-half))
+    if share <= PROCESS_CI_SHARE:
+        return {"noisy": False}
+    return {"noisy": True, "noise_note": (
+        f"the {n} processes' medians disagree: the 95% interval of their geometric mean is "
+        f"±{share:.0%} (> {PROCESS_CI_SHARE:.0%})")}  # fmt: skip
 
 
 def time_fields(case: Case, phase: str, samples_ms: list[float]) -> dict[str, Any]:

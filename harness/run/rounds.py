@@ -32,7 +32,7 @@ def merge_rounds(
 
     A failed later round makes the row failed, its reason saying which process failed.
     """
-    from harness.measure.derived import time_fields
+    from harness.measure.derived import PROCESS_CI_MIN, process_noise_fields, time_fields
     from harness.measure.peaks import fractions
 
     row = dict(rounds[0])
@@ -45,18 +45,23 @@ def merge_rounds(
             return row
     per_process = [list(r["time_samples_ms"]) for r in rounds]
     pooled = [s for samples in per_process for s in samples]
-    notes = [f"process {k}: {r['noise_note']}" for k, r in enumerate(rounds, start=1)
-             if r.get("noisy") and r.get("noise_note")]  # fmt: skip
+    medians = [statistics.median(s) for s in per_process]
     row.update(time_fields(task.case, task.phase, pooled))
     row.update(fractions(row, task.device_peaks))
-    if row.get("noisy") and row.get("noise_note"):
-        notes.insert(0, f"pooled: {row['noise_note']}")
-    row["noisy"] = bool(notes)
-    if notes:
-        row["noise_note"] = "; ".join(notes)
-    else:
+    if len(rounds) >= PROCESS_CI_MIN:  # trust from the processes' agreement (derived.py)
         row.pop("noise_note", None)
-    row["time_ms_median_per_process"] = [statistics.median(s) for s in per_process]
+        row.update(process_noise_fields(medians))
+    else:  # two processes: the pooled rules (in process order, drift sees them apart) and each's
+        notes = [f"process {k}: {r['noise_note']}" for k, r in enumerate(rounds, start=1)
+                 if r.get("noisy") and r.get("noise_note")]  # fmt: skip
+        if row.get("noisy") and row.get("noise_note"):
+            notes.insert(0, f"pooled: {row['noise_note']}")
+        row["noisy"] = bool(notes)
+        if notes:
+            row["noise_note"] = "; ".join(notes)
+        else:
+            row.pop("noise_note", None)
+    row["time_ms_median_per_process"] = medians
     # contended if any process was (its samples are in the pool); CPU others took: the most any did
     shared = [f"process {k}: {r['contention_note']}" for k, r in enumerate(rounds, start=1)
               if r.get("contended")]  # fmt: skip

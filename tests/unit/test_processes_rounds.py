@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import statistics
 
+import pytest
+
 from harness.case import Case
 from harness.results import RunDir
 from harness.run.rounds import merge_rounds, run_rounds
@@ -99,3 +101,36 @@ def test_a_row_is_contended_when_any_of_its_processes_was():
     assert row["contention_note"] == "process 2: other processes used 1.40 CPU cores"
     calm = merge_rounds(_task(16), [quiet, quiet], [1, 2])
     assert "contended" not in calm and calm["other_cpu_cores"] == 0.1
+
+
+def test_with_three_or_more_processes_noise_is_the_processes_agreement():
+    """The IQR of each process's few samples no longer decides (it flagged 83% of the nightly
+    rows); the 95% interval of the geometric mean of the per-process medians does."""
+    import math
+
+    from scipy import stats
+
+    from harness.measure.derived import PROCESS_CI_SHARE, process_noise_fields
+
+    # each process's 4 samples spread 20% (noisy alone), the medians agree within ~3%
+    levels = [10.0, 10.3, 9.8, 10.1, 9.9, 10.2]
+    rounds = [_ok([lv * 0.9, lv, lv, lv * 1.1]) | {"noisy": True, "noise_note": "IQR"}
+              for lv in levels]  # fmt: skip
+    row = merge_rounds(_task(16), rounds, list(range(6)))
+    assert row["noisy"] is False and "noise_note" not in row
+    # one process 40% off the others: the interval widens past ±10%
+    off = merge_rounds(_task(16), [*rounds[:5], _ok([14.0] * 4)], list(range(6)))
+    assert off["noisy"] is True and "6 processes' medians disagree" in off["noise_note"]
+
+    # the threshold is the textbook Student-t interval of the mean log median (3 processes:
+    # t(0.975, 2) = 4.30, where a normal quantile, 1.96, would call both of these quiet)
+    def spread(sd: float) -> list[float]:
+        return [10 * math.exp(-sd), 10.0, 10 * math.exp(sd)]
+
+    for sd in (0.03, 0.05):
+        half = stats.t.ppf(0.975, 2) * sd / math.sqrt(3)
+        assert process_noise_fields(spread(sd))["noisy"] == (math.exp(half) - 1 > PROCESS_CI_SHARE)
+    assert [process_noise_fields(spread(sd))["noisy"] for sd in (0.03, 0.05)] == [False, True]
+    assert process_noise_fields([10.0, 10.0, 0.0])["noisy"] is True
+    with pytest.raises(ValueError, match="3\\+ processes"):
+        process_noise_fields([1.0, 2.0])
