@@ -59,7 +59,8 @@ class Row(TypedDict, total=False):
     input_scale, input_layout; mask_density (attended fraction of the Sq·Sk pairs).
     Outcome: status, reason (one line; for `error` also `traceback`), elapsed_s.
     Time: time_ms_median, time_ms_p20, time_ms_p80 (of `num_samples` samples; the raw samples go to
-    samples.jsonl), noisy and noise_note (the samples' spread or drift, harness/measure/derived.py;
+    samples.jsonl), noisy and noise_note (the samples' spread or drift, or with 3+ processes their
+    disagreement, harness/measure/derived.py;
     or other processes' CPU use while timed: other_cpu_cores, steal_cpu_cores, contended,
     contention_note, harness/measure/contention.py),
     num_threads (torch's intra-op threads the samples ran on: the suite's `threads`, else the

@@ -276,7 +276,11 @@ class CompareSettings(_Strict):
     @model_validator(mode="after")
     def _one_normalization(self) -> CompareSettings:
         if self.common_shift and self.normalize_to is not None:
-            raise ValueError("common_shift and normalize_to both rescale time; choose one")
+            raise ValueError(
+                "common_shift and normalize_to both rescale time; choose one "
+                "(with --normalize-to, add --no-common-shift when the suite sets "
+                "common_shift)"
+            )
         return self
 
 

@@ -15,7 +15,9 @@ call=${1:?usage: CALL_S=SECONDS $0 1|2}
 OUT=${OUT:-/tmp/out}
 export OUT
 mkdir -p "$OUT"
-deadline=$(($(date +%s) + ${CALL_S:-300} - 25))  # 25 s to pack the last run and hand it back
+# 60 s after the last step's budget: a runner stopped by SIGINT may take up to 30 s to end its
+# workers (gpu_device.sh), then the pack and the hand-back
+deadline=$(($(date +%s) + ${CALL_S:-300} - 60))
 # the paths gpu_device.sh installs into, for the steps that do not go through it
 SITE=${SITE:-/tmp/site}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$SITE:$SITE/nvidia_cutlass_dsl/dsl_packages:$PWD"

@@ -192,7 +192,12 @@ def render(rows: Sequence[dict[str, Any]], *, title: str, width: int) -> list[Re
         line.stylize(_status_style(status), start, start + widths[2])
         out.append(line)
     if any_noisy:
-        out.append(Text(f"{_GAP}~ noisy: the samples spread or drift (noise_note; see --all)"))
+        out.append(
+            Text(
+                f"{_GAP}~ noisy: samples spread or drift, processes disagree, or shared "
+                "cores (noise_note; see --all)"
+            )
+        )
     if notes:
         out.append(Text("reasons:", style="bold"))
         for reason, n in notes.items():

@@ -53,7 +53,7 @@ import numpy as np
 from harness.errors import HarnessError, ResultsError
 from harness.measure.tolerance import FLOOR, Limit, naive_limit
 from harness.regress.baseline import describe, expected_keys
-from harness.regress.implementations import ImplResult, judge_implementations
+from harness.regress.implementations import MIN_ROWS, ImplResult, judge_implementations
 from harness.regress.processes import (
     PER_PROCESS,
     ProcessStats,
@@ -788,6 +788,14 @@ def _sort_key(r: RowResult) -> tuple[int, float, str, str, str]:
     return (VERDICT_ORDER.index(r.verdict), status_first, -r.severity, r.case, r.impl + r.phase)
 
 
+def _unjudged_impls(tested: list[tuple[str, ProcessStats]], judged: list[ImplResult]) -> str:
+    counts: dict[str, int] = {}
+    for impl, _ in tested:
+        counts[impl] = counts.get(impl, 0) + 1
+    done = {r.impl for r in judged}
+    return ", ".join(f"{i} ({n} rows)" for i, n in sorted(counts.items()) if i not in done)
+
+
 def compare(baseline: Run, candidate: Run, settings: CompareSettings) -> Comparison:
     """Judge every row of the two runs; the result lists rows worst first."""
     notes = _check_comparable(baseline, candidate)
@@ -816,10 +824,14 @@ def compare(baseline: Run, candidate: Run, settings: CompareSettings) -> Compari
     rows.sort(key=_sort_key)
     impls: list[ImplResult] = []
     if ref is None:  # normalize_to rescales pooled samples only, not per-process medians
-        impls = judge_implementations(
-            ((r.impl, r.process) for r in rows if r.process is not None),
-            impl_tol=settings.impl_tol, alpha=settings.alpha, bh=bh_adjust,
-        )  # fmt: skip
+        tested = [(r.impl, r.process) for r in rows if r.process is not None]
+        impls = judge_implementations(tested, impl_tol=settings.impl_tol, alpha=settings.alpha,
+                                      bh=bh_adjust)  # fmt: skip
+        if tested and (short := _unjudged_impls(tested, impls)):
+            notes.append(
+                f"implementations not judged together (fewer than {MIN_ROWS} rows with a "
+                f"per-process test: ungated, contended or too few processes): {short}"
+            )
     return Comparison(baseline, candidate, settings, rows, notes, changes, shift, impls)
 
 

@@ -71,11 +71,14 @@ def thresholds(cmp: Comparison) -> str:
     """The rule the rows were judged by, in words."""
     s = cmp.settings
     norm = f", normalized to {s.normalize_to}" if s.normalize_to else ""
+    impls = ""
+    if cmp.implementations:  # judged only with per-process tests (harness/regress/implementations)
+        impls = (f"an implementation's rows together > +{s.impl_tol:.1%} with Stouffer p < "
+                 f"{s.alpha:g} (BH across implementations); ")  # fmt: skip
     return (
         f"time > +{s.time_tol:.0%} with Mann-Whitney p < {s.alpha:g} (Benjamini-Hochberg "
         f"adjusted across rows, >= {s.min_samples} samples) and a CI excluding 1{norm}; "
-        f"an implementation's rows together > +{s.impl_tol:.0%} with Stouffer p < {s.alpha:g} "
-        f"(BH across implementations); "
+        f"{impls}"
         f"memory > +{s.mem_tol:.0%} (and > {s.mem_floor_bytes} B); "  # fmt: skip
         f"error > {s.err_factor:g}x baseline or above the naive-low-precision rule"
     )
@@ -140,6 +143,7 @@ def markdown(cmp: Comparison, *, show_all: bool = False, max_rows: int = 200) ->
         lines += ["", "Notes: " + "; ".join(_md_escape(w) for w in other)]
     lines += ["", f"Thresholds: {thresholds(cmp)}.", ""]
     if cmp.implementations:
+        lines += ["Implementations (all rows of each, judged together):", ""]
         lines.append("| " + " | ".join(IMPL_HEADERS) + " |")
         lines.append("|" + "---|" * len(IMPL_HEADERS))
         for r in cmp.implementations:
@@ -147,7 +151,9 @@ def markdown(cmp: Comparison, *, show_all: bool = False, max_rows: int = 200) ->
         lines.append("")
     rows = _visible(cmp, show_all)
     if not rows:
-        lines.append("Every row is unchanged within the thresholds.")
+        lines.append("Every row is unchanged within the thresholds"
+                     + (" (see the implementations above)." if cmp.impls_by_verdict("regression")
+                        or cmp.impls_by_verdict("improvement") else "."))  # fmt: skip
         return "\n".join(lines) + "\n"
     lines.append("| " + " | ".join(HEADERS) + " |")
     lines.append("|" + "---|" * len(HEADERS))

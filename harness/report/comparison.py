@@ -137,6 +137,10 @@ def _counts(comparisons: list[Comparison]) -> str:
     parts = []
     for c in comparisons:
         counts = ", ".join(f"{n} {v}" for v, n in c.counts().items()) or "no rows"
+        moved = [f"{r.impl} {r.verdict} (all its rows together: {r.reason})"
+                 for r in c.implementations if r.verdict != "unchanged"]  # fmt: skip
+        if moved:  # an implementation's verdict fails compare too; no ring can show it
+            counts += "; implementations: " + "; ".join(moved)
         parts.append(f"{c.candidate.run_id}: {counts}")
     return "; ".join(parts)
 

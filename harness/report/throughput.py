@@ -160,7 +160,8 @@ build = figure_section(
     "Higher is better. Shaded bands span the p20–p80 of the timing samples. FLOPs "
     "follow harness/measure/flops.py: 4·B·H·Sq·Sk·D forward over the pairs the mask attends "
     "(2·B·H·pairs·(D + D_v) when head_dim_v differs); backward 2.5×, forward+backward 3.5×. "
-    "A hollow point is a noisy row: its samples spread or drift (the hover says how). A line "
+    "A hollow point is a noisy row: its samples spread or drift, its processes disagree, or it "
+    "shared CPU cores (the hover says how). A line "
     'named like "ring P=2" is a run on P devices (world_size P): the whole sequence\'s FLOPs '
     "and tokens over the slowest rank's time, i.e. the throughput of all P devices together.",
 )

@@ -32,6 +32,7 @@ def merge_rounds(
 
     A failed later round makes the row failed, its reason saying which process failed.
     """
+    from harness.measure.contention import merge_noise
     from harness.measure.derived import PROCESS_CI_MIN, process_noise_fields, time_fields
     from harness.measure.peaks import fractions
 
@@ -67,8 +68,8 @@ def merge_rounds(
               if r.get("contended")]  # fmt: skip
     row.pop("contended", None)
     row.pop("contention_note", None)
-    if shared:
-        row.update(contended=True, contention_note="; ".join(shared), noisy=True)
+    if shared:  # noisy, and the note says why (as contention.merge_noise does for one process)
+        merge_noise(row, {"contended": True, "contention_note": "; ".join(shared)})
     for key in ("other_cpu_cores", "steal_cpu_cores"):
         seen = [r[key] for r in rounds if r.get(key) is not None]
         if seen:

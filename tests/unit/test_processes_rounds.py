@@ -99,6 +99,11 @@ def test_a_row_is_contended_when_any_of_its_processes_was():
     row = merge_rounds(_task(16), [quiet, shared], [1, 2])
     assert row["contended"] and row["noisy"] and row["other_cpu_cores"] == 1.4
     assert row["contention_note"] == "process 2: other processes used 1.40 CPU cores"
+    assert row["contention_note"] in row["noise_note"]  # a noisy row always says why
+    # with 3+ processes too, whose medians agree (the processes' rule alone: not noisy)
+    three = merge_rounds(_task(16), [quiet, quiet, shared | {"time_samples_ms": [1.0, 1.1]}],
+                         [1, 2, 3])  # fmt: skip
+    assert three["noisy"] and "process 3: other processes used" in three["noise_note"]
     calm = merge_rounds(_task(16), [quiet, quiet], [1, 2])
     assert "contended" not in calm and calm["other_cpu_cores"] == 0.1
 
