@@ -124,3 +124,13 @@ def test_normalize_to_leaves_implementations_unjudged(tmp_path):
     cand = make_run(tmp_path / "c", _side(rng, {"bpt": 0.3}, 0.06))
     res = compare_paths(base, cand, normalize_to="sdpa_flash")
     assert res.implementations == []  # per-process medians are not normalized
+
+
+def test_an_implementation_with_too_few_tested_rows_is_named_not_dropped(tmp_path):
+    rng = np.random.default_rng(5)
+    base, cand = _side(rng, {}, 0.06), _side(rng, {}, 0.06)
+    few = [r for r in base if r["impl"] == "bpt"][MIN_ROWS - 1 :]  # bpt keeps MIN_ROWS - 1 rows
+    base = [r for r in base if r["impl"] != "bpt" or r not in few]
+    res = compare_paths(make_run(tmp_path / "b", base), make_run(tmp_path / "c", cand))
+    assert "bpt" not in {r.impl for r in res.implementations}
+    assert any(f"bpt ({MIN_ROWS - 1} rows)" in w for w in res.warnings), res.warnings
