@@ -26,11 +26,11 @@ samples are divided by the run-wide shift, the median over rows of the two runs'
 what moved every row alike (a shared VM's speed from night to night) cancels and a row that moved
 on its own stands out; the shift is reported, and flagged when beyond time_tol.
 
-Rows timed in several processes are also judged per implementation (harness/regress/
-implementations.py): a kernel that got slower moves all of its rows, and their per-process tests
-combined (Stouffer, Benjamini-Hochberg across implementations, effect beyond impl_tol) find a
-change that no single row shows with confidence. An implementation `regression` fails the
-comparison like a row's.
+Rows timed in several processes are also judged per implementation when common_shift is on
+(harness/regress/implementations.py): a kernel that got slower moves all of its rows, and their
+per-process tests combined (Stouffer, Benjamini-Hochberg across implementations, effect beyond
+impl_tol) find a change that no single row shows with confidence. An implementation
+`regression` fails the comparison like a row's.
 
 This is the project's one regression rule. `judge` gives the verdict on one row (a baseline row and
 its samples against a candidate row and its samples); `compare` applies it to every row of two runs,
@@ -823,7 +823,11 @@ def compare(baseline: Run, candidate: Run, settings: CompareSettings) -> Compari
                          p_adjusted=adjusted.get(i)) for i, k in enumerate(keys)]  # fmt: skip
     rows.sort(key=_sort_key)
     impls: list[ImplResult] = []
-    if ref is None:  # normalize_to rescales pooled samples only, not per-process medians
+    tested_any = any(r.process is not None for r in rows)
+    if tested_any and ref is None and not settings.common_shift:
+        notes.append("implementations not judged together: that needs common_shift (without it a "
+                     "machine-wide shift moves every implementation's rows alike)")  # fmt: skip
+    if ref is None and settings.common_shift:  # normalize_to: per-process medians not rescaled
         tested = [(r.impl, r.process) for r in rows if r.process is not None]
         impls = judge_implementations(tested, impl_tol=settings.impl_tol, alpha=settings.alpha,
                                       bh=bh_adjust)  # fmt: skip

@@ -125,13 +125,13 @@ def table(cmp: Comparison, *, show_all: bool = False) -> Any:
 
 
 def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return text.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
 def markdown(cmp: Comparison, *, show_all: bool = False, max_rows: int = 200) -> str:
     """A summary for a CI comment: verdict, warnings, thresholds and the rows that matter."""
     icon = "❌" if cmp.failed else ("⚠️" if cmp.by_verdict("ungated") else "✅")
-    lines = [f"### {icon} {headline(cmp)}", ""]
+    lines = [f"### {icon} {_md_escape(headline(cmp))}", ""]
     if cmp.provenance:
         diffs = "; ".join(_md_escape(str(c)) for c in cmp.provenance)
         lines += [f"**Provenance differs:** {diffs}", ""]

@@ -74,7 +74,7 @@ def _compare(tmp_path: Path, seed: int, slow: dict[str, float], sd: float = 0.06
     rng = np.random.default_rng(seed)
     base = make_run(tmp_path / f"b{seed}", _side(rng, {}, sd))
     cand = make_run(tmp_path / f"c{seed}-{sorted(slow.items())}", _side(rng, slow, sd))
-    return compare_paths(base, cand, time_tol=0.10, impl_tol=0.05)
+    return compare_paths(base, cand, time_tol=0.10, impl_tol=0.05, common_shift=True)
 
 
 def test_same_code_nights_flag_no_implementation(tmp_path):
@@ -131,6 +131,30 @@ def test_an_implementation_with_too_few_tested_rows_is_named_not_dropped(tmp_pat
     base, cand = _side(rng, {}, 0.06), _side(rng, {}, 0.06)
     few = [r for r in base if r["impl"] == "bpt"][MIN_ROWS - 1 :]  # bpt keeps MIN_ROWS - 1 rows
     base = [r for r in base if r["impl"] != "bpt" or r not in few]
-    res = compare_paths(make_run(tmp_path / "b", base), make_run(tmp_path / "c", cand))
+    res = compare_paths(
+        make_run(tmp_path / "b", base), make_run(tmp_path / "c", cand), common_shift=True
+    )
     assert "bpt" not in {r.impl for r in res.implementations}
     assert any(f"bpt ({MIN_ROWS - 1} rows)" in w for w in res.warnings), res.warnings
+
+
+def test_rows_without_variance_add_no_evidence_either_way():
+    """Processes that agree exactly give p 0 or 1 (a point interval): such a row must neither
+    mask a real slowdown nor turn a negligible one into a regression (adversarial review)."""
+    still = ProcessStats(1.0, 1.0, 1.0, 1.0, 1.0, 3, 3)  # unchanged, constant: p 1 both ways
+    tiny = ProcessStats(1.0000001, 1.0000001, 1.0000001, 0.0, 1.0, 3, 3)  # constant, +1e-7
+    slow = [("a", _proc(1.20, 1e-6))] * 4 + [("a", still)] * 3
+    (got,) = judge_implementations(slow, impl_tol=0.05, alpha=0.05, bh=_bh)
+    assert got.verdict == "regression" and got.z_slower > 4
+    noisy = [("b", _proc(1.08, 0.045))] * 2 + [("b", tiny)]
+    (got,) = judge_implementations(noisy, impl_tol=0.05, alpha=0.05, bh=_bh)
+    assert got.verdict == "unchanged" and got.z_slower < 3
+
+
+def test_without_common_shift_implementations_are_not_judged_and_a_note_says_why(tmp_path):
+    rng = np.random.default_rng(9)
+    base = make_run(tmp_path / "b", _side(rng, {}, 0.06))
+    cand = make_run(tmp_path / "c", _side(rng, {"bpt": 0.3}, 0.06))
+    res = compare_paths(base, cand, common_shift=False)
+    assert res.implementations == []
+    assert any("needs common_shift" in w for w in res.warnings)
