@@ -3,9 +3,10 @@
 A row alone has few degrees of freedom: on the nightly CPU profile its per-process medians differ
 by ~6% (sd) from process to process, so the per-row test (processes.py) needs a change well
 beyond time_tol before its Benjamini-Hochberg-adjusted p clears alpha, and a 10% slowdown of one
-kernel was flagged in 1 of 5 same-commit pairs (benchmarks/false_alarms.py). But that process
-noise is the row's own: removing a shift shared by all rows of one process leaves ~96% of it
-(the same data), so the rows of one implementation are independent witnesses of a change to it.
+kernel was flagged in 1 of 5 same-commit pairs (benchmarks/false_alarms.py). But most of that
+process noise is the row's own: removing a shift shared by all rows of one process leaves 80-93%
+of its variance (the same data), so the rows of one implementation are close to independent
+witnesses of a change to it.
 
 Per implementation and direction, Stouffer's method combines the rows' one-sided Welch p-values
 (the per-process test of each row, after compare's common shift) into one: z_r = Φ⁻¹(1 - p_r),
@@ -40,7 +41,7 @@ from typing import Any, Literal
 from harness.regress.processes import ProcessStats
 
 MIN_ROWS = 3  # fewer rows: the row verdicts say all there is
-_P_CLIP = 1e-15  # a Welch p of exactly 0 or 1 (constant sides) would give an infinite z
+_P_CLIP = 1e-15  # a p of exactly 0 or 1 would give an infinite z
 
 ImplVerdict = Literal["regression", "improvement", "unchanged"]
 
@@ -69,8 +70,7 @@ class ImplResult:
 
 def stouffer_z(pvalues: Iterable[float]) -> float:
     """Σ Φ⁻¹(1 - p) / √n over one-sided p-values, each clipped into [1e-15, 1 - 1e-15] (|z| ≤ 7.9)
-    so that a p of 0 or 1 (constant sides) counts as strong, not infinite, evidence
-    (`scipy.stats.combine_pvalues(method="stouffer")`)."""
+    so that no p gives an infinite z (`scipy.stats.combine_pvalues(method="stouffer")`)."""
     from scipy.stats import combine_pvalues
 
     ps = [min(max(float(p), _P_CLIP), 1 - _P_CLIP) for p in pvalues]
