@@ -28,6 +28,7 @@ interval past the threshold.
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 from harness.case import Case
@@ -87,9 +88,7 @@ def process_noise_fields(medians_ms: list[float]) -> dict[str, Any]:
         raise ValueError(f"process_noise_fields needs {PROCESS_CI_MIN}+ processes; got {n}")
     if not all(math.isfinite(m) and m > 0 for m in medians_ms):
         return {"noisy": True, "noise_note": "a process's median is not a positive number"}
-    logs = [math.log(m) for m in medians_ms]
-    mean = sum(logs) / n
-    sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / (n - 1))
+    sd = statistics.stdev(math.log(m) for m in medians_ms)
     half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
     share = math.expm1(min(half, 700.0))  # the wider side of the interval; no overflow
     if share <= PROCESS_CI_SHARE:

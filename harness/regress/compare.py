@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
@@ -789,9 +790,7 @@ def _sort_key(r: RowResult) -> tuple[int, float, str, str, str]:
 
 
 def _unjudged_impls(tested: list[tuple[str, ProcessStats]], judged: list[ImplResult]) -> str:
-    counts: dict[str, int] = {}
-    for impl, _ in tested:
-        counts[impl] = counts.get(impl, 0) + 1
+    counts = Counter(impl for impl, _ in tested)
     done = {r.impl for r in judged}
     return ", ".join(f"{i} ({n} rows)" for i, n in sorted(counts.items()) if i not in done)
 
@@ -823,12 +822,11 @@ def compare(baseline: Run, candidate: Run, settings: CompareSettings) -> Compari
                          p_adjusted=adjusted.get(i)) for i, k in enumerate(keys)]  # fmt: skip
     rows.sort(key=_sort_key)
     impls: list[ImplResult] = []
-    tested_any = any(r.process is not None for r in rows)
-    if tested_any and ref is None and not settings.common_shift:
+    tested = [(r.impl, r.process) for r in rows if r.process is not None]
+    if tested and ref is None and not settings.common_shift:
         notes.append("implementations not judged together: that needs common_shift (without it a "
                      "machine-wide shift moves every implementation's rows alike)")  # fmt: skip
     if ref is None and settings.common_shift:  # normalize_to: per-process medians not rescaled
-        tested = [(r.impl, r.process) for r in rows if r.process is not None]
         impls = judge_implementations(tested, impl_tol=settings.impl_tol, alpha=settings.alpha,
                                       bh=bh_adjust)  # fmt: skip
         if tested and (short := _unjudged_impls(tested, impls)):

@@ -128,6 +128,11 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
+def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
+            *("| " + " | ".join(_md_escape(c) for c in row) + " |" for row in rows)]  # fmt: skip
+
+
 def markdown(cmp: Comparison, *, show_all: bool = False, max_rows: int = 200) -> str:
     """A summary for a CI comment: verdict, warnings, thresholds and the rows that matter."""
     icon = "❌" if cmp.failed else ("⚠️" if cmp.by_verdict("ungated") else "✅")
@@ -144,10 +149,7 @@ def markdown(cmp: Comparison, *, show_all: bool = False, max_rows: int = 200) ->
     lines += ["", f"Thresholds: {thresholds(cmp)}.", ""]
     if cmp.implementations:
         lines += ["Implementations (all rows of each, judged together):", ""]
-        lines.append("| " + " | ".join(IMPL_HEADERS) + " |")
-        lines.append("|" + "---|" * len(IMPL_HEADERS))
-        for r in cmp.implementations:
-            lines.append("| " + " | ".join(_md_escape(c) for c in impl_cells(r)) + " |")
+        lines += _md_table(IMPL_HEADERS, [impl_cells(r) for r in cmp.implementations])
         lines.append("")
     rows = _visible(cmp, show_all)
     if not rows:
@@ -155,10 +157,7 @@ def markdown(cmp: Comparison, *, show_all: bool = False, max_rows: int = 200) ->
                      + (" (see the implementations above)." if cmp.impls_by_verdict("regression")
                         or cmp.impls_by_verdict("improvement") else "."))  # fmt: skip
         return "\n".join(lines) + "\n"
-    lines.append("| " + " | ".join(HEADERS) + " |")
-    lines.append("|" + "---|" * len(HEADERS))
-    for r in rows[:max_rows]:
-        lines.append("| " + " | ".join(_md_escape(c) for c in cells(r)) + " |")
+    lines += _md_table(HEADERS, [cells(r) for r in rows[:max_rows]])
     if len(rows) > max_rows:
         lines.append(f"\n({len(rows) - max_rows} more rows in the JSON summary)")
     return "\n".join(lines) + "\n"
